@@ -1,0 +1,130 @@
+"""The ``fair`` command line: run, list, schema, compare."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import FairError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fairness methods for image models: train, evaluate and compare.")
+console = Console()
+errors = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fair {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """Fairness methods for image models."""
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_result(result: dict) -> None:
+    table = Table(title=f"{result['spec']['method']['name']} on {result['data']['dataset']} "
+                        f"({result['data']['split']}): accuracy by group")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy", justify="right")
+    for row in result["groups"]:
+        table.add_row(row["group"], str(row["n"]), _fmt(row["accuracy"]))
+    console.print(table)
+    summary = Table(title="overall and fairness")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_column(f"{int(result.get('confidence', 0.95) * 100)}% CI", justify="right")
+    for section in ("overall", "fairness"):
+        for name, value in result[section].items():
+            if name == "n":
+                continue
+            ci = result.get("intervals", {}).get(name)
+            summary.add_row(name, _fmt(value), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+    console.print(summary)
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")],
+    set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. --set train.epochs=1")] = [],  # noqa: B006
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help="override output_dir")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete epoch")] = False,
+) -> None:
+    """Train and evaluate the run described by SPEC_FILE."""
+    from .runner import run as run_spec
+    from .spec import load_spec
+
+    spec = load_spec(spec_file, set_, output_dir)
+    result = run_spec(spec, resume=resume)
+    if result:
+        print_result(result)
+        console.print(f"outputs in {spec.output_dir}")
+
+
+@app.command("list")
+def list_plugins() -> None:
+    """List installed methods, datasets, models and metrics, with the package of each."""
+    from .plugins import KINDS, get_registry
+
+    registry = get_registry()
+    table = Table(title="fair plugins")
+    for column in ("kind", "name", "package", "version", "description"):
+        table.add_column(column)
+    for kind in KINDS:
+        for entry in (registry.entries[kind][n] for n in registry.names(kind)):
+            description = getattr(entry.obj, "description", "") or ""
+            table.add_row(kind[:-1], entry.name, entry.package, entry.version, description)
+    console.print(table)
+    for warning in registry.warnings:
+        errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of run specs."""
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def compare(run_dirs: Annotated[list[Path], typer.Argument(help="run output folders")]) -> None:
+    """One table of the metrics of several runs."""
+    from .report import comparison_rows
+
+    header, rows = comparison_rows(run_dirs)
+    table = Table(title="runs")
+    for column in header:
+        table.add_column(column, justify="left" if column in {"run", "method", "dataset"} else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def cli() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=True)
+    except FairError as exc:
+        errors.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

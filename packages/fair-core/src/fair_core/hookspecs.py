@@ -1,0 +1,35 @@
+"""pluggy hook specifications of the ``fair`` plugin system.
+
+A plugin is a module (or object) that implements some of these hooks and is listed under the
+``fair`` entry-point group of its distribution::
+
+    [project.entry-points.fair]
+    my_methods = "my_package.plugin"
+
+Each hook receives a ``register(name, obj)`` callback, so one plugin can register many things.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("fair")
+hookimpl = pluggy.HookimplMarker("fair")
+
+
+@hookspec
+def fair_register_methods(register):
+    """Register fairness methods: ``register("erm", ERM)`` with a ``fair_core.Method`` subclass."""
+
+
+@hookspec
+def fair_register_datasets(register):
+    """Register datasets: ``register("synthetic", Synthetic)`` with a ``fair_core.DatasetBuilder`` subclass."""
+
+
+@hookspec
+def fair_register_models(register):
+    """Register backbones: ``register("small_cnn", SmallCNN)`` with a ``fair_core.ModelBuilder`` subclass."""
+
+
+@hookspec
+def fair_register_metrics(register):
+    """Register metrics: ``register("spd", Metric(...))`` with a ``fair_core.metrics.Metric``."""

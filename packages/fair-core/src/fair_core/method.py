@@ -1,0 +1,103 @@
+"""The base class of fairness methods.
+
+A method customises one run of the shared training loop (:mod:`fair_core.runner`) through these
+hooks, each with a plain default, so that ``ERM`` is the base class with nothing overridden:
+
+* pre-processing: :meth:`Method.prepare_data` changes the training set or its sampling weights;
+* building: :meth:`Method.build_model` wraps or extends the backbone (extra heads, new outputs),
+  :meth:`Method.configure_optimizers` adds optimisers;
+* training: :meth:`Method.training_step` (by default: :meth:`Method.compute_loss`, backward, step);
+  :meth:`Method.on_epoch_start` / :meth:`Method.on_epoch_end`;
+* inference: :meth:`Method.predict` turns the model's output into class scores;
+* post-processing: :meth:`Method.post_train` runs once after the last epoch (fine-tune a layer,
+  learn an input perturbation, ...).
+
+Whatever a method adds to the model must be an ``nn.Module`` attribute of what ``build_model``
+returns: its weights are then saved, resumed and reloaded with the rest. Other state that must
+survive a resume goes through :meth:`Method.state_dict` / :meth:`Method.load_state_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from .data import DataInfo, FairDataset, NoParams
+
+if TYPE_CHECKING:
+    from .runner import Trainer
+
+
+@dataclass
+class TrainingData:
+    """The training set a method trains on, and optional per-sample sampling weights
+    (drawn with replacement, ``len(dataset)`` draws an epoch, when given)."""
+
+    dataset: FairDataset
+    sampling_weights: Tensor | None = None
+
+
+class Method:
+    """Base class of fairness methods. Plain empirical risk minimisation when nothing is overridden."""
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+    stage: ClassVar[Literal["baseline", "pre-processing", "in-processing", "post-processing"]] = "in-processing"
+    paper: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: BaseModel, info: DataInfo):
+        self.params, self.info = params, info
+
+    # ------------------------------------------------------------------ pre-processing
+    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
+        """Return the training set to use (default: unchanged). ``generator`` is seeded by the run."""
+        return TrainingData(train_set)
+
+    # ------------------------------------------------------------------ building
+    def build_model(self, backbone: nn.Module) -> nn.Module:
+        """Return the module to train (default: the backbone). Must be rebuildable from params."""
+        return backbone
+
+    def configure_optimizers(self, model: nn.Module, make_optimizer) -> list[torch.optim.Optimizer]:
+        """Optimisers, the first one being stepped by the default training step.
+        ``make_optimizer(parameters)`` builds the optimiser the spec's ``train`` section asks for."""
+        return [make_optimizer(model.parameters())]
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy of the model's logits on the batch's targets."""
+        return F.cross_entropy(model(batch["image"]), batch["target"])
+
+    def training_step(self, model: nn.Module, batch: dict[str, Tensor], trainer: Trainer) -> dict[str, Any]:
+        """One optimisation step; returns what to log (must include ``loss``)."""
+        loss = self.compute_loss(model, batch)
+        trainer.step(loss)
+        return {"loss": loss.detach()}
+
+    def on_epoch_start(self, model: nn.Module, trainer: Trainer) -> None:
+        """Called before each training epoch."""
+
+    def on_epoch_end(self, model: nn.Module, trainer: Trainer) -> None:
+        """Called after each training epoch, before the checkpoint is written."""
+
+    # ------------------------------------------------------------------ post-processing
+    def post_train(self, model: nn.Module, trainer: Trainer) -> None:
+        """Called once after the last epoch, with the trained model."""
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Class scores ``(N, C)`` (the argmax is the prediction)."""
+        return model(images)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Method state beyond module weights that a resumed run needs (tensors, numbers, strings)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""

@@ -1,0 +1,151 @@
+"""Backbones: the interface model plugins implement, and core's built-in classifiers.
+
+Every model is a :class:`Classifier`: an ``encoder`` that maps images to a ``feature_dim``
+vector and a linear ``head``. Methods that need features (contrastive, adversarial, mimicking)
+call :meth:`Classifier.features`; methods that need other heads add them around it.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from .errors import FairError
+
+
+class Classifier(nn.Module):
+    """``encoder`` (images -> features) followed by a linear ``head`` (features -> logits)."""
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.encoder, self.feature_dim, self.num_classes = encoder, feature_dim, num_classes
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.encoder(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+class ModelBuilder(ABC):
+    """Base class of model plugins: ``Params`` (pydantic) and :meth:`build`."""
+
+    Params: ClassVar[type[BaseModel]]
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: BaseModel):
+        self.params = params
+
+    @abstractmethod
+    def build(self, num_classes: int) -> Classifier:
+        """A freshly initialised (or pretrained, if asked) classifier with ``num_classes`` outputs."""
+
+
+# --------------------------------------------------------------------------- small_cnn
+class SmallCNNParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(32, ge=4, le=512, description="channels of the first block (doubled twice)")
+
+
+class SmallCNN(ModelBuilder):
+    """Three conv-BN-ReLU blocks and global average pooling: fast on CPU, for tests and demos."""
+
+    Params = SmallCNNParams
+    description = "3-block CNN for small images (tests, demos)"
+
+    def build(self, num_classes: int) -> Classifier:
+        w = self.params.width
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        encoder = nn.Sequential(
+            *block(3, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        return Classifier(encoder, 4 * w, num_classes)
+
+
+# --------------------------------------------------------------------------- torchvision ResNets
+class ResNetParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pretrained: bool | Path = Field(
+        False,
+        description="true: ImageNet weights from the local Hugging Face cache (timm/<arch>.tv_in1k); "
+        "a path: a local .safetensors file; false: random initialisation",
+    )
+    cifar_stem: bool = Field(False, description="3x3 stride-1 stem without max-pool (CIFAR-style, 32 px inputs)")
+
+
+class _TorchvisionResNet(ModelBuilder):
+    Params = ResNetParams
+    arch: ClassVar[Literal["resnet18", "resnet50"]]
+
+    def build(self, num_classes: int) -> Classifier:
+        import torchvision
+
+        net = getattr(torchvision.models, self.arch)(weights=None)
+        if self.params.pretrained:
+            missing = [k for k in net.load_state_dict(self._pretrained_state(), strict=False).missing_keys
+                       if not k.startswith("fc.")]
+            if missing:
+                raise FairError(f"model.params.pretrained: weights do not fit {self.arch}; missing {missing[:3]}")
+        if self.params.cifar_stem:
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return Classifier(net, feature_dim, num_classes)
+
+    def _pretrained_state(self) -> dict[str, Tensor]:
+        from safetensors.torch import load_file
+
+        if isinstance(self.params.pretrained, Path):
+            path = self.params.pretrained
+            if not path.is_file():
+                raise FairError(f"model.params.pretrained: no weights file at {path}")
+        else:
+            path = self._hub_cache_file()
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # corrupt or not safetensors
+            raise FairError(f"model.params.pretrained: cannot read {path}: {exc}") from None
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+    def _hub_cache_file(self) -> Path:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = f"timm/{self.arch}.tv_in1k"
+        cached = try_to_load_from_cache(repo_id, "model.safetensors", cache_dir=os.environ.get("HF_HUB_CACHE"))
+        if not isinstance(cached, str):
+            raise FairError(
+                f"model.params.pretrained: {repo_id} is not in the Hugging Face cache; download it once with "
+                f"`hf download {repo_id} model.safetensors` or give a local .safetensors path"
+            )
+        return Path(cached)
+
+
+class ResNet18(_TorchvisionResNet):
+    """torchvision ResNet-18 (512-d features)."""
+
+    arch = "resnet18"
+    description = "torchvision ResNet-18"
+
+
+class ResNet50(_TorchvisionResNet):
+    """torchvision ResNet-50 (2048-d features)."""
+
+    arch = "resnet50"
+    description = "torchvision ResNet-50"
+
+
+BUILTIN_MODELS: dict[str, type[ModelBuilder]] = {"small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50}

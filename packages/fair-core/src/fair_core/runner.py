@@ -1,0 +1,394 @@
+"""The one training and evaluation loop every method runs through, on ``accelerate``.
+
+The same code runs on a CPU, one GPU, or many processes (``accelerate launch``). Runs are
+seeded per epoch (model init, sampling order, dropout, augmentation), so a run resumed from the
+checkpoint of a completed epoch ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from safetensors.torch import save_model
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from . import __version__
+from .atomic import atomic_path, write_text
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DatasetBuilder, FairDataset
+from .errors import FairError
+from .method import Method, TrainingData
+from .metrics import FairnessMetrics, Metric
+from .models import ModelBuilder
+from .plugins import Registry, get_registry
+from .report import summarize, write_predictions
+from .spec import RunSpec, validate_params
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+# --------------------------------------------------------------------------- resolution
+@dataclass
+class ResolvedRun:
+    """A spec with every plugin looked up and every ``params`` validated."""
+
+    spec: RunSpec
+    dataset: DatasetBuilder
+    model: ModelBuilder
+    method_cls: type[Method]
+    method_params: Any
+    metrics: list[Metric]
+    packages: dict[str, str]
+
+
+def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
+    """Look up the spec's plugins and validate their params; raises :class:`FairError`."""
+    registry = registry or get_registry()
+    data_entry = registry.get("datasets", spec.data.name, "data.name")
+    model_entry = registry.get("models", spec.model.name, "model.name")
+    method_entry = registry.get("methods", spec.method.name, "method.name")
+    dataset = data_entry.obj(validate_params(data_entry.obj.Params, spec.data.params, "data.params"), spec.data.name)
+    model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
+    method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
+    for field_name, split in (("data.train_split", spec.data.train_split), ("eval.split", spec.eval.split)):
+        if split not in dataset.splits:
+            raise FairError(f"{field_name}: unknown split {split!r} for {spec.data.name}; available: {', '.join(dataset.splits)}")
+    names = spec.eval.metrics if spec.eval.metrics is not None else registry.names("metrics")
+    metrics = [registry.get("metrics", n, "eval.metrics").obj for n in names]
+    packages = {"data": data_entry.package, "model": model_entry.package, "method": method_entry.package}
+    return ResolvedRun(spec, dataset, model, method_entry.obj, method_params, metrics, packages)
+
+
+# --------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch + 1
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation (or weighted draws with replacement) that depends only on (seed, epoch), so
+    every process of a distributed run, and a resumed run, draws the same order."""
+
+    def __init__(self, num_samples: int, seed: int, weights: Tensor | None = None, shuffle: bool = True):
+        self.num_samples, self.seed, self.weights, self.shuffle, self.epoch = num_samples, seed, weights, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights.double(), self.num_samples, replacement=True, generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(self.num_samples, generator=generator)
+        else:
+            order = torch.arange(self.num_samples)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class JsonLinesTracker(GeneralTracker):
+    """An Accelerate tracker that appends one JSON object per ``log`` call to ``log.jsonl``."""
+
+    name = "jsonl"
+    requires_logging_directory = True
+
+    def __init__(self, path: Path, append: bool):
+        super().__init__()
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a" if append else "w", encoding="utf-8")
+
+    @property
+    def tracker(self):
+        return self._handle
+
+    def store_init_configuration(self, values: dict) -> None:
+        self.log({"config": values})
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        record = {"time": time.time(), "step": step, **{k: _plain(v) for k, v in values.items()}}
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def finish(self) -> None:
+        self._handle.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+def _flat_config(spec: RunSpec) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+
+    walk("", spec.model_dump(mode="json"))
+    return flat
+
+
+def _schedule_factor(spec: RunSpec):
+    train = spec.train
+    if train.scheduler == "cosine":
+        return lambda epoch: 0.5 * (1 + math.cos(math.pi * epoch / train.epochs))
+    if train.scheduler == "multistep":
+        steps = [round(m * train.epochs) for m in train.milestones]
+        return lambda epoch: train.gamma ** sum(epoch >= s for s in steps)
+    return lambda epoch: 1.0
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / ".write-test"):
+            pass
+        (directory / ".write-test").unlink(missing_ok=True)
+    except OSError as exc:
+        raise FairError(f"output_dir: cannot write to {directory}: {exc.strerror or exc}") from None
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs one resolved spec: pre-process, build, train, post-process, evaluate, write outputs.
+
+    Methods see the trainer in their hooks: ``step(loss)``, ``make_loader(...)``,
+    ``make_optimizer(...)``, ``accelerator``, ``epoch``, ``device``, ``log(...)``.
+    """
+
+    def __init__(self, run: ResolvedRun):
+        self.run_spec, self.spec = run, run.spec
+        self.output_dir = Path(self.spec.output_dir)
+        self.epoch = 0
+        self.global_step = 0
+        self.accelerator: Accelerator | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+
+    # ------------------------------------------------------------------ for methods
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def make_optimizer(self, parameters, lr: float | None = None) -> torch.optim.Optimizer:
+        train = self.spec.train
+        lr = train.lr if lr is None else lr
+        if train.optimizer == "sgd":
+            return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(parameters, lr=lr, weight_decay=train.weight_decay)
+
+    def make_loader(
+        self, dataset: FairDataset, batch_size: int | None = None, sampling_weights: Tensor | None = None,
+        shuffle: bool = True, seed_offset: int = 0,
+    ) -> DataLoader:
+        """A DataLoader prepared for this run's processes; shuffled per epoch from the run's seed."""
+        sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle)
+        loader = DataLoader(
+            dataset, batch_size=batch_size or self.spec.train.batch_size, sampler=sampler,
+            num_workers=self.spec.train.num_workers, collate_fn=_collate,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.spec.train.num_workers > 0,
+        )
+        self._samplers.append(sampler)
+        return self.accelerator.prepare(loader)
+
+    def step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Backward pass and one step of ``optimizer`` (default: the first one)."""
+        optimizer = optimizer or self.optimizers[0]
+        optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        optimizer.step()
+
+    def log(self, values: dict[str, Any]) -> None:
+        self.accelerator.log({k: _plain(v) for k, v in values.items()}, step=self.global_step)
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        spec, run = self.spec, self.run_spec
+        seed_everything(spec.train.seed)
+        data = spec.data
+        train_set = run.dataset.load(data.train_split, data.target, data.sensitive, train=True)
+        eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False)
+        info = train_set.info
+        _check_writable(self.output_dir)
+
+        checkpoint_path = self.output_dir / CHECKPOINT
+        state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
+        if state is not None and state["spec"] != spec.model_dump(mode="json"):
+            raise FairError(f"--resume: the spec differs from the one of the checkpoint in {self.output_dir}")
+
+        trackers: list[Any] = [JsonLinesTracker(self.output_dir / "log.jsonl", append=state is not None)]
+        try:
+            import tensorboard  # noqa: F401
+
+            trackers.append("tensorboard")
+        except ImportError:
+            pass
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=spec.train.mixed_precision, log_with=trackers, project_dir=str(self.output_dir)
+        )
+        accelerator.init_trackers("fair", config=_flat_config(spec))
+        self._samplers: list[EpochSampler] = []
+
+        method = run.method_cls(run.method_params, info)
+        training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
+        model = method.build_model(run.model.build(info.num_classes))
+        self.optimizers = method.configure_optimizers(model, self.make_optimizer)
+        factor = _schedule_factor(spec)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
+        model, *self.optimizers = accelerator.prepare(model, *self.optimizers)
+        train_loader = self.make_loader(training.dataset, sampling_weights=training.sampling_weights)
+
+        start_epoch, post_trained = 0, False
+        if state is not None:
+            accelerator.unwrap_model(model).load_state_dict(state["model"])
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
+                scheduler.load_state_dict(saved)
+            method.load_state_dict(state["method"])
+            start_epoch, self.global_step, post_trained = state["epoch"] + 1, state["global_step"], state["post_trained"]
+
+        def save(epoch: int, post_trained: bool) -> None:
+            if accelerator.is_main_process:
+                save_checkpoint(checkpoint_path, {
+                    "epoch": epoch, "global_step": self.global_step, "post_trained": post_trained,
+                    "spec": spec.model_dump(mode="json"),
+                    "model": accelerator.unwrap_model(model).state_dict(),
+                    "optimizers": [o.state_dict() for o in self.optimizers],
+                    "schedulers": [s.state_dict() for s in schedulers],
+                    "method": method.state_dict(),
+                })
+            accelerator.wait_for_everyone()
+
+        started = time.perf_counter()
+        for epoch in range(start_epoch, spec.train.epochs):
+            self.epoch = epoch
+            seed_everything(epoch_seed(spec.train.seed, epoch))
+            for sampler in self._samplers:
+                sampler.set_epoch(epoch)
+            model.train()
+            method.on_epoch_start(model, self)
+            total, count = 0.0, 0
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{spec.train.epochs}", leave=False,
+                       disable=None if accelerator.is_local_main_process else True)
+            for step, batch in enumerate(bar):
+                logs = method.training_step(model, batch, self)
+                loss = float(logs["loss"])
+                if not math.isfinite(loss):
+                    raise FairError(
+                        f"training diverged: loss is {loss} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint is {checkpoint_path if epoch > 0 else 'none (first epoch)'}"
+                    )
+                self.global_step += 1
+                total, count = total + loss, count + 1
+                if self.global_step % spec.train.log_every == 0:
+                    self.log({f"train/{k}": v for k, v in logs.items()})
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            for scheduler in schedulers:
+                scheduler.step()
+            method.on_epoch_end(model, self)
+            self.log({"train/epoch_loss": total / max(count, 1), "epoch": epoch + 1,
+                      "lr": self.optimizers[0].param_groups[0]["lr"]})
+            save(epoch, post_trained=False)
+        train_seconds = time.perf_counter() - started
+        epochs_run = spec.train.epochs - start_epoch
+
+        if not post_trained:
+            self.epoch = spec.train.epochs
+            method.post_train(model, self)
+            save(spec.train.epochs - 1, post_trained=True)
+
+        counts, index, scores = self.evaluate(method, model, eval_set)
+        result: dict[str, Any] = {}
+        if accelerator.is_main_process:
+            result = {
+                "spec": spec.model_dump(mode="json"),
+                "data": {"dataset": info.dataset, "split": spec.eval.split, "target": info.target,
+                         "sensitive": list(info.sensitive), "classes": list(info.class_names),
+                         "groups": list(info.group_names)},
+                **summarize(counts, info, run.metrics, spec.eval.bootstrap, spec.eval.confidence, spec.train.seed),
+                "timing": {"epochs_timed": epochs_run,
+                           "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None},
+                "packages": run.packages,
+                "fair_version": __version__,
+            }
+            self._write_outputs(accelerator.unwrap_model(model), method, info, eval_set, index, scores, result)
+        accelerator.log({f"eval/{k}": v for k, v in result.get("fairness", {}).items() if v is not None})
+        accelerator.end_training()
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, method: Method, model: nn.Module, dataset: FairDataset) -> tuple[Tensor, Tensor, Tensor]:
+        """Scores of every sample of ``dataset`` (gathered from all processes, padding dropped)."""
+        accelerator = self.accelerator
+        loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
+                                                num_workers=self.spec.train.num_workers, collate_fn=_collate))
+        model.eval()
+        parts: list[tuple[Tensor, ...]] = []
+        for batch in tqdm(loader, desc="evaluate", leave=False,
+                          disable=None if accelerator.is_local_main_process else True):
+            scores = method.predict(model, batch["image"]).float()
+            parts.append(accelerator.gather_for_metrics((scores, batch["target"], batch["group"], batch["index"])))
+        scores, targets, groups, index = (torch.cat(p).cpu() for p in zip(*parts, strict=True))
+        metric_state = FairnessMetrics(dataset.info.num_classes, dataset.info.num_groups)
+        metric_state.update(scores, targets, groups)
+        return metric_state.counts, index, scores
+
+    def _write_outputs(self, model: nn.Module, method: Method, info, eval_set, index, scores, result) -> None:
+        out = self.output_dir
+        spec = self.spec
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_model(model, str(tmp), metadata={"format": "pt"})
+        config = {
+            "fair_version": __version__,
+            "model": {"name": spec.model.name, "params": spec.model.params, "package": self.run_spec.packages["model"]},
+            "method": {"name": spec.method.name, "params": self.run_spec.method_params.model_dump(mode="json"),
+                       "package": self.run_spec.packages["method"]},
+            "num_classes": info.num_classes,
+            "data": {"name": spec.data.name, "params": spec.data.params, "target": info.target,
+                     "sensitive": list(info.sensitive), "class_names": list(info.class_names),
+                     "group_names": list(info.group_names),
+                     "sensitive_values": {k: list(v) for k, v in info.sensitive_values.items()}},
+            "preprocessing": {"image_size": info.preprocessing.image_size, "mean": list(info.preprocessing.mean),
+                              "std": list(info.preprocessing.std)},
+        }
+        write_text(out / "config.json", json.dumps(config, indent=2))
+        write_predictions(out / "predictions.csv", eval_set, index, scores)
+        write_text(out / "metrics.json", json.dumps(result, indent=2))
+
+
+def run(spec: RunSpec, resume: bool = False, registry: Registry | None = None) -> dict[str, Any]:
+    """Validate and run ``spec``; returns the content of metrics.json."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Trainer(resolve(spec, registry)).fit(resume=resume)

@@ -1,0 +1,3 @@
+"""fair-methods: fairness-improving methods for the fair toolkit."""
+
+__version__ = "0.1.0"
