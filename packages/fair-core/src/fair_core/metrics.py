@@ -180,7 +180,7 @@ def equalized_odds_difference(counts: Tensor) -> Tensor:
     """EOD = ``max(diff_g TPR_g, diff_g FPR_g)`` (binary; fairlearn's
     ``equalized_odds_difference``), mean over classes (multi-class)."""
     _, tpr, fpr = _one_vs_rest_rates(counts)
-    worst = torch.maximum(_spread(tpr), _spread(fpr))
+    worst = torch.fmax(_spread(tpr), _spread(fpr))  # an undefined side (nan) is ignored
     return _mean_over_classes(worst, counts)
 
 

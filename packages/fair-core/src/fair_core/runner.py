@@ -219,8 +219,9 @@ class Trainer:
             num_workers=self.spec.train.num_workers, collate_fn=_collate,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.spec.train.num_workers > 0,
         )
-        self._samplers.append(sampler)
-        return self.accelerator.prepare(loader)
+        prepared = self.accelerator.prepare(loader)
+        self._loaders.append(prepared)
+        return prepared
 
     def step(self, loss: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Backward pass and one step of ``optimizer`` (default: the first one)."""
@@ -258,7 +259,7 @@ class Trainer:
             mixed_precision=spec.train.mixed_precision, log_with=trackers, project_dir=str(self.output_dir)
         )
         accelerator.init_trackers("fair", config=_flat_config(spec))
-        self._samplers: list[EpochSampler] = []
+        self._loaders: list[DataLoader] = []
 
         method = run.method_cls(run.method_params, info)
         training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
@@ -295,8 +296,8 @@ class Trainer:
         for epoch in range(start_epoch, spec.train.epochs):
             self.epoch = epoch
             seed_everything(epoch_seed(spec.train.seed, epoch))
-            for sampler in self._samplers:
-                sampler.set_epoch(epoch)
+            for loader in self._loaders:  # Accelerate's loader passes the epoch on to our sampler
+                loader.set_epoch(epoch)
             model.train()
             method.on_epoch_start(model, self)
             total, count = 0.0, 0

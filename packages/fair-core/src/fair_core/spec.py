@@ -88,7 +88,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel] | None) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden" and model is not None:
         allowed = _allowed_fields(model, error["loc"][:-1])
-        return f"unknown field; allowed: {', '.join(allowed)}" if allowed else "unknown field"
+        return f"unknown field; allowed: {', '.join(allowed)}" if allowed else "unknown field (this takes no parameters)"
     if kind not in {"missing", "extra_forbidden"} and "input" in error:
         shown = json.dumps(error["input"], default=str)
         if len(shown) > 60:
