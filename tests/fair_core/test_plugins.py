@@ -4,7 +4,6 @@ import os
 import subprocess
 
 from conftest import FAIR, small_spec
-
 from fair_core.plugins import get_registry
 
 

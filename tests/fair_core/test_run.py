@@ -9,12 +9,10 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import FAIR, small_spec
-
 from fair_core import metrics as M
 from fair_core.checkpoint import load_checkpoint
+from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +104,8 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, write_spec):
     stopped_at = load_checkpoint(killed / "checkpoint.safetensors")["epoch"]
     assert stopped_at < 4
 
-    resumed = subprocess.run([*FAIR, "run", str(path), "--output-dir", str(killed), "--resume"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([*FAIR, "run", str(path), "--output-dir", str(killed), "--resume"],
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert _fairness(killed) == _fairness(reference)
     assert (killed / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
