@@ -4,8 +4,9 @@ Loss: ``CE(f(x), (1 - eps) * onehot(y) + eps / C)`` (Szegedy et al., CVPR 2016).
 """
 
 import torch.nn.functional as F
-from fair_core import Method, hookimpl
 from pydantic import BaseModel, ConfigDict, Field
+
+from fair_core import Method, hookimpl
 
 
 class SmoothCE(Method):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from fair_core.atomic import atomic_path, write_text
 from fair_core.checkpoint import load_checkpoint, save_checkpoint
 from fair_core.errors import FairError

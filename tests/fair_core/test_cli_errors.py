@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+
 from conftest import FAIR, small_spec
 
 

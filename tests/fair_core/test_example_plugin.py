@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import tomllib
+
 from conftest import FAIR, ROOT, small_spec
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from fair_core import metrics as M
 from fairlearn.metrics import (
     MetricFrame,
     demographic_parity_difference,
@@ -13,6 +12,8 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from fair_core import metrics as M
 
 
 def random_inputs(seed: int, n: int, num_groups: int, num_classes: int = 2):

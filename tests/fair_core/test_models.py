@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from fair_core.errors import FairError
 from fair_core.models import ResNet18, SmallCNN
-from safetensors.torch import save_file
 
 
 def test_small_cnn_features_and_logits():

@@ -9,10 +9,11 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from conftest import FAIR, small_spec
 from fair_core import metrics as M
 from fair_core.checkpoint import load_checkpoint
-from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")

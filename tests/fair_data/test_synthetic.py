@@ -1,6 +1,7 @@
 """The synthetic biased dataset: its construction, and that it really is biased for ERM."""
 
 import torch
+
 from conftest import ROOT
 from fair_core.runner import run
 from fair_core.spec import load_spec

@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .data import DataInfo, DatasetBuilder, FairDataset, NoParams, Preprocessing, SplitData  # noqa: E402
 from .errors import FairError  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
+from .hub import FairModel, from_pretrained  # noqa: E402
 from .method import Method, TrainingData  # noqa: E402
 from .models import Classifier, ModelBuilder  # noqa: E402
 from .spec import RunSpec  # noqa: E402
@@ -15,6 +16,7 @@ __all__ = [
     "DatasetBuilder",
     "FairDataset",
     "FairError",
+    "FairModel",
     "Method",
     "ModelBuilder",
     "NoParams",
@@ -23,5 +25,6 @@ __all__ = [
     "SplitData",
     "TrainingData",
     "__version__",
+    "from_pretrained",
     "hookimpl",
 ]

@@ -117,6 +117,38 @@ def compare(run_dirs: Annotated[list[Path], typer.Argument(help="run output fold
     console.print(table)
 
 
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run's output folder")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="org/name on the Hugging Face Hub")],
+    private: Annotated[bool, typer.Option("--private", help="create the repository as private")] = False,
+) -> None:
+    """Upload a run's model, config, metrics and model card to the Hugging Face Hub."""
+    from .hub import push_run
+
+    url = push_run(run_dir, repo_id, private=private)
+    console.print(f"pushed {run_dir} to {repo_id}: {url}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Hub repo id (org/name) or local model folder")],
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
+) -> None:
+    """Print the prediction of MODEL for each image file."""
+    from .hub import from_pretrained, read_image
+
+    fair_model = from_pretrained(model)
+    table = Table(title=f"predictions of {model}")
+    for column in ("image", "prediction", "probability"):
+        table.add_column(column, justify="right" if column == "probability" else "left")
+    for path in images:
+        probs = fair_model.predict_proba(read_image(path).unsqueeze(0))[0]
+        best = int(probs.argmax())
+        table.add_row(str(path), fair_model.class_names[best], f"{probs[best]:.4f}")
+    console.print(table)
+
+
 def cli() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:

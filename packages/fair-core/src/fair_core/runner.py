@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from safetensors.torch import save_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -30,6 +29,7 @@ from .atomic import atomic_path, write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
+from .hub import write_model_files
 from .method import Method, TrainingData
 from .metrics import FairnessMetrics, Metric
 from .models import ModelBuilder
@@ -369,8 +369,6 @@ class Trainer:
     def _write_outputs(self, model: nn.Module, method: Method, info, eval_set, index, scores, result) -> None:
         out = self.output_dir
         spec = self.spec
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_model(model, str(tmp), metadata={"format": "pt"})
         config = {
             "fair_version": __version__,
             "model": {"name": spec.model.name, "params": spec.model.params, "package": self.run_spec.packages["model"]},
@@ -384,12 +382,17 @@ class Trainer:
             "preprocessing": {"image_size": info.preprocessing.image_size, "mean": list(info.preprocessing.mean),
                               "std": list(info.preprocessing.std)},
         }
-        write_text(out / "config.json", json.dumps(config, indent=2))
+        write_model_files(out, model, config)
         write_predictions(out / "predictions.csv", eval_set, index, scores)
         write_text(out / "metrics.json", json.dumps(result, indent=2))
 
 
 def run(spec: RunSpec, resume: bool = False, registry: Registry | None = None) -> dict[str, Any]:
-    """Validate and run ``spec``; returns the content of metrics.json."""
+    """Validate and run ``spec`` (and push it when ``hub.push`` is set); returns metrics.json's content."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Trainer(resolve(spec, registry)).fit(resume=resume)
+    result = Trainer(resolve(spec, registry)).fit(resume=resume)
+    if result and spec.hub.push:
+        from .hub import push_run
+
+        push_run(spec.output_dir, spec.hub.repo_id, private=spec.hub.private)
+    return result

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import FairError
 
@@ -72,6 +72,18 @@ class EvalSpec(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
+class HubSpec(_Section):
+    push: bool = Field(False, description="push the trained model and its card to the Hugging Face Hub at the end")
+    repo_id: str | None = Field(None, description="org/name of the Hub repository")
+    private: bool = False
+
+    @model_validator(mode="after")
+    def _repo_when_pushing(self) -> HubSpec:
+        if self.push and not self.repo_id:
+            raise ValueError("repo_id is required when push is true")
+        return self
+
+
 class RunSpec(_Section):
     """One training + evaluation run."""
 
@@ -81,6 +93,7 @@ class RunSpec(_Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output_dir: str = Field("runs/default", description="where the run writes its outputs")
+    hub: HubSpec = Field(default_factory=HubSpec)
 
 
 # --------------------------------------------------------------------------- error messages

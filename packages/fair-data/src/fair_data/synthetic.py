@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from fair_core import DatasetBuilder, Preprocessing, SplitData
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
+
+from fair_core import DatasetBuilder, Preprocessing, SplitData
 
 SHAPES = ("square", "circle", "triangle", "cross", "diamond", "ring")
 COLOR_VALUES = ("colour", "grayscale")
