@@ -2,9 +2,22 @@
 
 from fair_core import hookimpl
 
+from .adversarial import Adversarial
+from .domain_independent import DomainIndependent
 from .erm import ERM
+from .resampling import Oversampling, Undersampling, Upweighting
+
+METHODS = {
+    "erm": ERM,
+    "us": Undersampling,
+    "os": Oversampling,
+    "uw": Upweighting,
+    "di": DomainIndependent,
+    "adv": Adversarial,
+}
 
 
 @hookimpl
 def fair_register_methods(register):
-    register("erm", ERM)
+    for name, method in METHODS.items():
+        register(name, method)

@@ -1,0 +1,64 @@
+"""Pre-processing by resampling or reweighting the (target, group) cells.
+
+As run by the ISSTA 2024 fairness study (Chen et al., "A Large-Scale Empirical Study on Improving
+the Fairness of Image Classification Models", arXiv 2401.03695):
+
+* **US** (undersampling): once, before training, every (y, b) cell is sampled without
+  replacement down to the smallest cell's size ``min_g n_g``; plain cross-entropy.
+* **OS** (oversampling): once, every cell is resampled with replacement up to the largest cell's
+  size ``max_g n_g`` (all original samples kept); plain cross-entropy.
+* **UW** (upweighting): ``L = (1/|batch|) sum_i CE_i * N / n_{g_i}`` (inverse cell frequency,
+  not normalised, so it also scales the effective learning rate as in the study).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fair_core import FairDataset, Method, TrainingData
+
+from .cells import cell_sizes, inverse_frequency_weights, resample_cells
+
+
+class Undersampling(Method):
+    """Balance the (target, group) cells by undersampling to the smallest cell."""
+
+    stage = "pre-processing"
+    description = "undersample every (target, group) cell to the smallest one"
+    paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline US"
+
+    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
+        sizes = cell_sizes(train_set)
+        return TrainingData(train_set.select(resample_cells(train_set, int(sizes[sizes > 0].min()), generator)))
+
+
+class Oversampling(Method):
+    """Balance the (target, group) cells by oversampling to the largest cell."""
+
+    stage = "pre-processing"
+    description = "oversample every (target, group) cell to the largest one"
+    paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline OS"
+
+    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
+        return TrainingData(train_set.select(resample_cells(train_set, int(cell_sizes(train_set).max()), generator)))
+
+
+class Upweighting(Method):
+    """Weight each sample's loss by the inverse frequency of its (target, group) cell."""
+
+    stage = "pre-processing"
+    description = "weight the loss by N / n_g of each sample's (target, group) cell"
+    paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline UW"
+
+    weights: Tensor  # N / n_g by split row (the rows of the training split)
+
+    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
+        self.weights = torch.zeros(int(train_set.rows.max()) + 1)
+        self.weights[train_set.rows] = inverse_frequency_weights(train_set)
+        return TrainingData(train_set)
+
+    def compute_loss(self, model, batch) -> Tensor:
+        losses = F.cross_entropy(model(batch["image"]), batch["target"], reduction="none")
+        return (losses * self.weights.to(losses.device)[batch["index"]]).mean()
