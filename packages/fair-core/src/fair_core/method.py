@@ -6,6 +6,7 @@ hooks, each with a plain default, so that ``ERM`` is the base class with nothing
 * pre-processing: :meth:`Method.prepare_data` changes the training set or its sampling weights;
 * building: :meth:`Method.build_model` wraps or extends the backbone (extra heads, new outputs),
   :meth:`Method.configure_optimizers` adds optimisers;
+* set-up: :meth:`Method.setup` (extra loaders, auxiliary networks);
 * training: :meth:`Method.training_step` (by default: :meth:`Method.compute_loss`, backward, step);
   :meth:`Method.on_epoch_start` / :meth:`Method.on_epoch_end`;
 * inference: :meth:`Method.predict` turns the model's output into class scores;
@@ -67,6 +68,10 @@ class Method:
         """Optimisers, the first one being stepped by the default training step.
         ``make_optimizer(parameters)`` builds the optimiser the spec's ``train`` section asks for."""
         return [make_optimizer(model.parameters())]
+
+    def setup(self, model: nn.Module, trainer: Trainer) -> None:
+        """Called once before the first training epoch of this process (also after a resume, once
+        :meth:`load_state_dict` has run): build extra loaders, train auxiliary networks."""
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

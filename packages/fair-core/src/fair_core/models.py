@@ -29,8 +29,11 @@ class Classifier(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         return self.encoder(images)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.features(images))
+    def forward(self, images: Tensor, with_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits, or ``(logits, features)`` (going through ``forward`` keeps DDP's gradient sync)."""
+        features = self.features(images)
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
 
 
 class ModelBuilder(ABC):

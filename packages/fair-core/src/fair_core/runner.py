@@ -280,6 +280,8 @@ class Trainer:
             method.load_state_dict(state["method"])
             start_epoch, self.global_step, post_trained = state["epoch"] + 1, state["global_step"], state["post_trained"]
 
+        method.setup(model, self)
+
         def save(epoch: int, post_trained: bool) -> None:
             if accelerator.is_main_process:
                 save_checkpoint(checkpoint_path, {

@@ -3,6 +3,7 @@
 from fair_core import hookimpl
 
 from .adversarial import Adversarial
+from .bias_contrastive import BiasContrastive
 from .domain_independent import DomainIndependent
 from .erm import ERM
 from .resampling import Oversampling, Undersampling, Upweighting
@@ -14,6 +15,7 @@ METHODS = {
     "uw": Upweighting,
     "di": DomainIndependent,
     "adv": Adversarial,
+    "bcbb": BiasContrastive,
 }
 
 
