@@ -6,6 +6,7 @@ from .adversarial import Adversarial
 from .bias_contrastive import BiasContrastive
 from .domain_independent import DomainIndependent
 from .erm import ERM
+from .flac import FLAC
 from .resampling import Oversampling, Undersampling, Upweighting
 
 METHODS = {
@@ -16,6 +17,7 @@ METHODS = {
     "di": DomainIndependent,
     "adv": Adversarial,
     "bcbb": BiasContrastive,
+    "flac": FLAC,
 }
 
 
