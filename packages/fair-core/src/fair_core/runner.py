@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,8 +319,10 @@ class Trainer:
                 if self.global_step % spec.train.log_every == 0:
                     self.log({f"train/{k}": v for k, v in logs.items()})
                 bar.set_postfix(loss=f"{total / count:.4f}")
-            for scheduler in schedulers:
-                scheduler.step()
+            with warnings.catch_warnings():  # an optimiser a method did not step this epoch is fine
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                for scheduler in schedulers:
+                    scheduler.step()
             method.on_epoch_end(model, self)
             self.log({"train/epoch_loss": total / max(count, 1), "epoch": epoch + 1,
                       "lr": self.optimizers[0].param_groups[0]["lr"]})

@@ -4,6 +4,7 @@ from fair_core import hookimpl
 
 from .adversarial import Adversarial
 from .bias_contrastive import BiasContrastive
+from .bias_mimicking import BiasMimicking
 from .domain_independent import DomainIndependent
 from .erm import ERM
 from .flac import FLAC
@@ -14,6 +15,7 @@ METHODS = {
     "us": Undersampling,
     "os": Oversampling,
     "uw": Upweighting,
+    "bm": BiasMimicking,
     "di": DomainIndependent,
     "adv": Adversarial,
     "bcbb": BiasContrastive,
