@@ -180,6 +180,15 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
 
 
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically; a failed write (disk full, permissions) keeps the previous one."""
+    try:
+        save_checkpoint(path, state)
+    except OSError as exc:
+        raise FairError(f"cannot write the checkpoint {path}: {exc.strerror or exc}; "
+                        f"the previous checkpoint (if any) is kept") from None
+
+
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs one resolved spec: pre-process, build, train, post-process, evaluate, write outputs.
@@ -285,7 +294,7 @@ class Trainer:
 
         def save(epoch: int, post_trained: bool) -> None:
             if accelerator.is_main_process:
-                save_checkpoint(checkpoint_path, {
+                write_checkpoint(checkpoint_path, {
                     "epoch": epoch, "global_step": self.global_step, "post_trained": post_trained,
                     "spec": spec.model_dump(mode="json"),
                     "model": accelerator.unwrap_model(model).state_dict(),
@@ -349,7 +358,10 @@ class Trainer:
                 "packages": run.packages,
                 "fair_version": __version__,
             }
-            self._write_outputs(accelerator.unwrap_model(model), method, info, eval_set, index, scores, result)
+            try:
+                self._write_outputs(accelerator.unwrap_model(model), method, info, eval_set, index, scores, result)
+            except OSError as exc:
+                raise FairError(f"cannot write the results to {self.output_dir}: {exc.strerror or exc}") from None
         accelerator.log({f"eval/{k}": v for k, v in result.get("fairness", {}).items() if v is not None})
         accelerator.end_training()
         return result

@@ -120,11 +120,16 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _loc_part(part: Any) -> str:
+    """A field name as it reads in a message: plain names as they are, others JSON-quoted (one line)."""
+    return str(part) if isinstance(part, int) or str(part).isidentifier() else json.dumps(str(part))
+
+
 def validation_message(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One line for all errors of ``exc``: ``field.path: what is wrong``, joined by ``; ``."""
     parts = []
     for error in exc.errors():
-        loc = ".".join(str(p) for p in error["loc"])
+        loc = ".".join(_loc_part(p) for p in error["loc"])
         where = ".".join(p for p in (prefix, loc) if p) or "spec"
         parts.append(f"{where}: {_describe(error, model)}")
     return "; ".join(parts)
@@ -144,7 +149,12 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FairError(f"spec file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FairError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise FairError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
     try:
         if path.suffix.lower() in {".yaml", ".yml"}:
             import yaml
