@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -65,12 +67,18 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. --set train.epochs=1")] = [],  # noqa: B006
     output_dir: Annotated[str | None, typer.Option("--output-dir", help="override output_dir")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete epoch")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", min=1, help="data-parallel processes (torchrun)")] = 1,
 ) -> None:
     """Train and evaluate the run described by SPEC_FILE."""
     from .runner import run as run_spec
     from .spec import load_spec
 
-    spec = load_spec(spec_file, set_, output_dir)
+    spec = load_spec(spec_file, set_, output_dir)  # validate before launching anything
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+                   "-m", "fair_core.cli", "run", str(spec_file), *(f"--set={item}" for item in set_),
+                   *(["--output-dir", output_dir] if output_dir else []), *(["--resume"] if resume else [])]
+        raise typer.Exit(subprocess.call(command))
     result = run_spec(spec, resume=resume)
     if result:
         print_result(result)

@@ -50,6 +50,7 @@ class Method:
     stage: ClassVar[Literal["baseline", "pre-processing", "in-processing", "post-processing"]] = "in-processing"
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    ddp_find_unused_parameters: ClassVar[bool] = False  # True when a step leaves some parameters unused
 
     def __init__(self, params: BaseModel, info: DataInfo):
         self.params, self.info = params, info

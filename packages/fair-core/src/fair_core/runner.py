@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import DistributedDataParallelKwargs
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -116,12 +117,14 @@ class JsonLinesTracker(GeneralTracker):
 
     def __init__(self, path: Path, append: bool):
         super().__init__()
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a" if append else "w", encoding="utf-8")
+        self.path, self.append = path, append
+        self._handle = None  # opened on first use: only the main process logs
 
     @property
     def tracker(self):
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a" if self.append else "w", encoding="utf-8")
         return self._handle
 
     def store_init_configuration(self, values: dict) -> None:
@@ -129,11 +132,12 @@ class JsonLinesTracker(GeneralTracker):
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         record = {"time": time.time(), "step": step, **{k: _plain(v) for k, v in values.items()}}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        self.tracker.write(json.dumps(record) + "\n")
+        self.tracker.flush()
 
     def finish(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _plain(value: Any) -> Any:
@@ -265,8 +269,12 @@ class Trainer:
             trackers.append("tensorboard")
         except ImportError:
             pass
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=run.method_cls.ddp_find_unused_parameters)
         self.accelerator = accelerator = Accelerator(
-            mixed_precision=spec.train.mixed_precision, log_with=trackers, project_dir=str(self.output_dir)
+            mixed_precision=spec.train.mixed_precision, log_with=trackers, project_dir=str(self.output_dir),
+            kwargs_handlers=[ddp],
+            # several processes without CUDA: Accelerate's multi-CPU (gloo) mode must be asked for
+            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         )
         accelerator.init_trackers("fair", config=_flat_config(spec))
         self._loaders: list[DataLoader] = []

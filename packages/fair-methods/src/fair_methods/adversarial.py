@@ -62,6 +62,7 @@ class Adversarial(Method):
     stage = "in-processing"
     description = "class + domain heads, confusion loss, alternating epochs"
     paper = "Alvi et al., Turning a Blind Eye, ECCV Workshops 2018"
+    ddp_find_unused_parameters = True  # domain epochs leave the encoder unused
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
         p = self.params

@@ -92,6 +92,7 @@ class BiasMimicking(Method):
     stage = "pre-processing"
     description = "per-class binary heads with bias-mimicking masks (LP), per-epoch final linear head"
     paper = "Qraitem, Saenko & Plummer, Bias Mimicking, CVPR 2023"
+    ddp_find_unused_parameters = True  # the final head is trained outside the main step
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
         masks = mimicking_masks(train_set, generator)
@@ -120,23 +121,25 @@ class BiasMimicking(Method):
 
     def on_epoch_end(self, model, trainer) -> None:
         """Train the final linear head on this epoch's features (one pass, rebalanced as asked)."""
-        features, targets, groups = (torch.cat(parts) for parts in zip(*self._epoch_features, strict=True))
+        features, targets, groups = (trainer.accelerator.gather(torch.cat(parts))  # every process, same data
+                                     for parts in zip(*self._epoch_features, strict=True))
         self._epoch_features = []
+        generator = torch.Generator().manual_seed(trainer.spec.train.seed * 7919 + trainer.epoch)
         head = trainer.accelerator.unwrap_model(model).final_head
         c = self.info.num_classes
         cells = targets + groups * c
         sizes = torch.bincount(cells, minlength=c * self.info.num_groups)
         weights = torch.ones(len(cells), device=features.device)
-        order = torch.randperm(len(cells))
+        order = torch.randperm(len(cells), generator=generator)
         if self.params.final_head_sampling in {"us", "os"}:
             nonzero = sizes[sizes > 0]
             size = int(nonzero.min() if self.params.final_head_sampling == "us" else nonzero.max())
             picks = []
             for g in torch.unique(cells).tolist():
                 members = torch.nonzero(cells == g).flatten().cpu()
-                picks.append(members[torch.randint(0, members.numel(), (size,))] if members.numel() < size
-                             else members[torch.randperm(members.numel())[:size]])
-            order = torch.cat(picks)[torch.randperm(sum(p.numel() for p in picks))]
+                picks.append(members[torch.randint(0, members.numel(), (size,), generator=generator)] if members.numel() < size
+                             else members[torch.randperm(members.numel(), generator=generator)[:size]])
+            order = torch.cat(picks)[torch.randperm(sum(p.numel() for p in picks), generator=generator)]
         elif self.params.final_head_sampling == "uw":
             weights = (len(cells) / sizes[cells].float()).to(features.device)
         for start in range(0, len(order), self.params.final_head_batch_size):

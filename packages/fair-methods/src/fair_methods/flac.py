@@ -109,17 +109,16 @@ class FLAC(Method):
         self.bias_net.to(trainer.device).eval().requires_grad_(False)
 
     def _train_bias_net(self, trainer) -> nn.Module:
-        net = self._new_bias_net().to(trainer.device)
+        net = self._new_bias_net()
         optimizer = trainer.make_optimizer(net.parameters())
+        net, optimizer = trainer.accelerator.prepare(net, optimizer)  # one bias network across processes
         loader = trainer.make_loader(self.train_set, seed_offset=2)
         net.train()
         for epoch in range(self.params.bias_epochs):
             loader.set_epoch(epoch)
             for batch in loader:
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(net(batch["image"]), batch["group"]).backward()
-                optimizer.step()
-        return net
+                trainer.step(F.cross_entropy(net(batch["image"]), batch["group"]), optimizer)
+        return trainer.accelerator.unwrap_model(net)
 
     def training_step(self, model, batch, trainer):
         logits, features = model(batch["image"], with_features=True)
