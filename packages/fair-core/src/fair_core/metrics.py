@@ -40,6 +40,9 @@ __all__ = [
     "accuracy",
     "balanced_accuracy",
     "group_accuracy",
+    "group_selection_rate",
+    "group_true_positive_rate",
+    "group_false_positive_rate",
     "accuracy_gap",
     "worst_group_accuracy",
     "worst_cell_accuracy",
@@ -144,6 +147,25 @@ def group_accuracy(counts: Tensor) -> Tensor:
     """Accuracy within each group, ``(..., G)``; nan for an empty group."""
     hits = torch.diagonal(counts, dim1=-2, dim2=-1).sum(-1)
     return _ratio(hits, counts.sum((-1, -2)))
+
+
+def group_selection_rate(counts: Tensor) -> Tensor:
+    """``P(yhat = c | g)`` per group ``(..., G)`` for the positive class (binary) or ``(..., C, G)``."""
+    return _per_class(_one_vs_rest_rates(counts)[0], counts)
+
+
+def group_true_positive_rate(counts: Tensor) -> Tensor:
+    """``P(yhat = c | y = c, g)`` per group, as :func:`group_selection_rate`."""
+    return _per_class(_one_vs_rest_rates(counts)[1], counts)
+
+
+def group_false_positive_rate(counts: Tensor) -> Tensor:
+    """``P(yhat = c | y != c, g)`` per group, as :func:`group_selection_rate`."""
+    return _per_class(_one_vs_rest_rates(counts)[2], counts)
+
+
+def _per_class(rates: Tensor, counts: Tensor) -> Tensor:
+    return rates[..., 1, :] if counts.shape[-1] == 2 else rates
 
 
 def accuracy_gap(counts: Tensor) -> Tensor:
