@@ -9,6 +9,7 @@ from fairlearn.metrics import (
     equal_opportunity_difference,
     equalized_odds_difference,
     false_positive_rate,
+    selection_rate,
     true_positive_rate,
 )
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
@@ -40,6 +41,10 @@ def test_binary_metrics_match_fairlearn(seed, num_groups):
                         y_true=y, y_pred=p, sensitive_features=s)
     by_group = frame.by_group
     np.testing.assert_allclose(M.group_accuracy(counts).numpy(), by_group["acc"].to_numpy())
+    np.testing.assert_allclose(M.group_true_positive_rate(counts).numpy(), by_group["tpr"].to_numpy())
+    np.testing.assert_allclose(M.group_false_positive_rate(counts).numpy(), by_group["fpr"].to_numpy())
+    selection = MetricFrame(metrics=selection_rate, y_true=y, y_pred=p, sensitive_features=s).by_group.to_numpy()
+    np.testing.assert_allclose(M.group_selection_rate(counts).numpy(), selection)
     assert M.accuracy_gap(counts).item() == pytest.approx(frame.difference()["acc"])
     assert M.worst_group_accuracy(counts).item() == pytest.approx(frame.group_min()["acc"])
     aaod = 0.5 * (frame.difference()["tpr"] + frame.difference()["fpr"])
