@@ -9,7 +9,7 @@ import torch
 from fair_core import DataInfo, FairDataset, SplitData
 from fair_methods.bias_contrastive import bias_contrastive_loss
 from fair_methods.bias_mimicking import mimicking_counts, mimicking_masks
-from fair_methods.cells import cell_sizes, inverse_frequency_weights, resample_cells
+from fair_methods.cells import cell_of, cell_sizes, inverse_frequency_weights, resample_cells
 from fair_methods.domain_independent import sum_of_log_softmax
 from fair_methods.flac import flac_loss, pair_similarity
 from fair_methods.resampling import Oversampling, Undersampling, Upweighting
@@ -37,7 +37,7 @@ def test_cell_sizes_use_g_equals_y_plus_b_times_c():
 
 def test_uw_weights_are_n_over_cell_size():
     dataset = toy_dataset(CELLS)
-    weights = inverse_frequency_weights(dataset)
+    weights = inverse_frequency_weights(cell_of(dataset))
     expected = {(0, 0): 200 / 90, (0, 1): 200 / 10, (1, 0): 200 / 30, (1, 1): 200 / 70}
     for i in range(len(dataset)):
         assert weights[i].item() == pytest.approx(expected[(int(dataset.targets[i]), int(dataset.groups[i]))])
@@ -68,7 +68,7 @@ def test_us_and_os_cell_counts():
     over = Oversampling(Oversampling.Params(), dataset.info).prepare_data(dataset, generator).dataset
     assert cell_sizes(over).tolist() == [90, 90, 90, 90]
     assert set(dataset.rows.tolist()) <= set(over.rows.tolist())  # every original sample kept
-    assert resample_cells(toy_dataset({(0, 0): 3, (1, 1): 5}), 4, generator).numel() == 8  # empty cells stay empty
+    assert resample_cells(cell_of(toy_dataset({(0, 0): 3, (1, 1): 5})), 4, generator).numel() == 8  # empty cells stay empty
 
 
 def test_bm_linear_program_on_a_small_count_table():

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fair_core import FairDataset, Method, TrainingData
 
-from .cells import cell_sizes
+from .cells import balanced_cell_size, cell_sizes, inverse_frequency_weights, resample_cells
 
 
 class BMParams(BaseModel):
@@ -126,22 +126,16 @@ class BiasMimicking(Method):
         self._epoch_features = []
         generator = torch.Generator().manual_seed(trainer.spec.train.seed * 7919 + trainer.epoch)
         head = trainer.accelerator.unwrap_model(model).final_head
-        c = self.info.num_classes
-        cells = targets + groups * c
-        sizes = torch.bincount(cells, minlength=c * self.info.num_groups)
+        cells = targets + groups * self.info.num_classes
         weights = torch.ones(len(cells), device=features.device)
-        order = torch.randperm(len(cells), generator=generator)
-        if self.params.final_head_sampling in {"us", "os"}:
-            nonzero = sizes[sizes > 0]
-            size = int(nonzero.min() if self.params.final_head_sampling == "us" else nonzero.max())
-            picks = []
-            for g in torch.unique(cells).tolist():
-                members = torch.nonzero(cells == g).flatten().cpu()
-                picks.append(members[torch.randint(0, members.numel(), (size,), generator=generator)] if members.numel() < size
-                             else members[torch.randperm(members.numel(), generator=generator)[:size]])
-            order = torch.cat(picks)[torch.randperm(sum(p.numel() for p in picks), generator=generator)]
-        elif self.params.final_head_sampling == "uw":
-            weights = (len(cells) / sizes[cells].float()).to(features.device)
+        mode = self.params.final_head_sampling
+        if mode in {"us", "os"}:
+            picks = resample_cells(cells, balanced_cell_size(cells, mode), generator)
+            order = picks[torch.randperm(picks.numel(), generator=generator)]
+        else:
+            order = torch.randperm(len(cells), generator=generator)
+            if mode == "uw":
+                weights = inverse_frequency_weights(cells)
         for start in range(0, len(order), self.params.final_head_batch_size):
             idx = order[start:start + self.params.final_head_batch_size].to(features.device)
             losses = F.cross_entropy(head(features[idx]), targets[idx], reduction="none")

@@ -22,11 +22,11 @@ def cell_sizes(dataset: FairDataset) -> Tensor:
     return torch.bincount(cell_of(dataset), minlength=dataset.info.num_classes * dataset.info.num_groups)
 
 
-def resample_cells(dataset: FairDataset, size: int, generator: torch.Generator) -> Tensor:
-    """Positions that give every non-empty cell exactly ``size`` samples: cells larger than ``size``
-    are sampled without replacement; smaller ones keep all their samples and draw the rest with
-    replacement. Empty cells stay empty."""
-    cells = cell_of(dataset)
+def resample_cells(cells: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Positions (into ``cells``, the cell index of each sample) that give every non-empty cell
+    exactly ``size`` samples: cells larger than ``size`` are sampled without replacement; smaller
+    ones keep all their samples and draw the rest with replacement. Empty cells stay empty."""
+    cells = cells.cpu()
     chosen = []
     for g in torch.unique(cells).tolist():
         members = torch.nonzero(cells == g).flatten()
@@ -39,7 +39,14 @@ def resample_cells(dataset: FairDataset, size: int, generator: torch.Generator) 
     return torch.cat(chosen).sort().values
 
 
-def inverse_frequency_weights(dataset: FairDataset) -> Tensor:
-    """``N / n_{g_i}`` for every sample ``i`` (inverse cell frequency, not normalised)."""
-    sizes = cell_sizes(dataset).double()
-    return (len(dataset) / sizes[cell_of(dataset)]).float()
+def balanced_cell_size(cells: Tensor, mode: str) -> int:
+    """The smallest (``"us"``) or largest (``"os"``) non-empty cell size."""
+    sizes = torch.bincount(cells.cpu())
+    sizes = sizes[sizes > 0]
+    return int(sizes.min() if mode == "us" else sizes.max())
+
+
+def inverse_frequency_weights(cells: Tensor) -> Tensor:
+    """``N / n_{g_i}`` for every sample ``i`` of cell ``g_i`` (inverse cell frequency, not normalised)."""
+    sizes = torch.bincount(cells).double()
+    return (cells.numel() / sizes[cells]).float()

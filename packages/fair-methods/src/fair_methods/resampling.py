@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fair_core import FairDataset, Method, TrainingData
 
-from .cells import cell_sizes, inverse_frequency_weights, resample_cells
+from .cells import balanced_cell_size, cell_of, inverse_frequency_weights, resample_cells
 
 
 class Undersampling(Method):
@@ -30,8 +30,8 @@ class Undersampling(Method):
     paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline US"
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        sizes = cell_sizes(train_set)
-        return TrainingData(train_set.select(resample_cells(train_set, int(sizes[sizes > 0].min()), generator)))
+        cells = cell_of(train_set)
+        return TrainingData(train_set.select(resample_cells(cells, balanced_cell_size(cells, "us"), generator)))
 
 
 class Oversampling(Method):
@@ -42,7 +42,8 @@ class Oversampling(Method):
     paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline OS"
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        return TrainingData(train_set.select(resample_cells(train_set, int(cell_sizes(train_set).max()), generator)))
+        cells = cell_of(train_set)
+        return TrainingData(train_set.select(resample_cells(cells, balanced_cell_size(cells, "os"), generator)))
 
 
 class Upweighting(Method):
@@ -56,7 +57,7 @@ class Upweighting(Method):
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
         self.weights = torch.zeros(int(train_set.rows.max()) + 1)
-        self.weights[train_set.rows] = inverse_frequency_weights(train_set)
+        self.weights[train_set.rows] = inverse_frequency_weights(cell_of(train_set))
         return TrainingData(train_set)
 
     def compute_loss(self, model, batch) -> Tensor:
