@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -337,7 +338,7 @@ class Trainer:
                     self.log({f"train/{k}": v for k, v in logs.items()})
                 bar.set_postfix(loss=f"{total / count:.4f}")
             with warnings.catch_warnings():  # an optimiser a method did not step this epoch is fine
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
                 for scheduler in schedulers:
                     scheduler.step()
             method.on_epoch_end(model, self)
