@@ -157,6 +157,31 @@ def predict(
     console.print(table)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the data of a spec before training.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")]) -> None:
+    """Load every split of the spec's dataset and print its (target x group) cell counts."""
+    from .runner import resolve
+    from .spec import load_spec
+
+    spec = load_spec(spec_file)
+    dataset = resolve(spec).dataset
+    for split in dataset.splits:
+        data = dataset.load(split, spec.data.target, spec.data.sensitive)
+        counts = data.cell_counts()
+        table = Table(title=f"{spec.data.name} {split}: {len(data)} images, {data.info.target} x "
+                            f"{'/'.join(data.info.sensitive)}")
+        table.add_column(data.info.target)
+        for group in data.info.group_names:
+            table.add_column(group, justify="right")
+        for y, name in enumerate(data.info.class_names):
+            table.add_row(name, *(str(int(n)) for n in counts[y]))
+        console.print(table)
+
+
 def cli() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:

@@ -2,9 +2,13 @@
 
 from fair_core import hookimpl
 
+from .celeba import CelebA
 from .synthetic import Synthetic
+from .utkface import UTKFace
 
 
 @hookimpl
 def fair_register_datasets(register):
     register("synthetic", Synthetic)
+    register("celeba", CelebA)
+    register("utkface", UTKFace)

@@ -1,0 +1,102 @@
+"""CelebA (Liu et al., "Deep Learning Face Attributes in the Wild", ICCV 2015), in its official
+layout::
+
+    root/img_align_celeba/000001.jpg ...
+    root/list_attr_celeba.txt       # count, 40 attribute names, then "000001.jpg -1 1 ..." rows
+    root/list_eval_partition.txt    # "000001.jpg 0" (0 train, 1 valid, 2 test)
+
+Any of the 40 attributes can be the target or protected attribute (value 1 = has it). The
+fairness study's training set (``blond_subset``): the official train split with the
+non-blond female cell (Blond_Hair = 0, Male = 0) subsampled to 2000 images (seeded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
+
+from .images import ImageFiles, require
+
+PARTITIONS = {"train": 0, "val": 1, "test": 2}
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class CelebAParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: Path = Field(description="folder with img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
+    image_size: int = Field(224, ge=8)
+    blond_subset: bool = Field(False, description="subsample the non-blond female training cell to blond_subset_size")
+    blond_subset_size: int = Field(2000, ge=1)
+    seed: int = 0
+
+
+def value_names(attribute: str) -> tuple[str, str]:
+    return ("Female", "Male") if attribute == "Male" else (f"not {attribute}", attribute)
+
+
+def read_attributes(path: Path) -> tuple[list[str], list[str], torch.Tensor]:
+    """File names, attribute names and the 0/1 attribute table of list_attr_celeba.txt."""
+    lines = require(path, "attribute file").read_text().splitlines()
+    try:
+        names = lines[1].split()
+        files, rows = [], []
+        for number, line in enumerate(lines[2:], start=3):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != len(names) + 1:
+                raise ValueError(f"line {number} has {len(parts) - 1} values, expected {len(names)}")
+            files.append(parts[0])
+            rows.append([int(v) > 0 for v in parts[1:]])
+    except (IndexError, ValueError) as exc:
+        raise FairError(f"{path}: not a CelebA attribute file: {exc}") from None
+    return files, names, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
+
+
+class CelebA(DatasetBuilder):
+    """CelebA faces with their 40 binary attributes."""
+
+    Params = CelebAParams
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    default_target = "Blond_Hair"
+    default_sensitive = ("Male",)
+    description = "CelebA (official folder): any of the 40 attributes as target or protected"
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.params.image_size, *IMAGENET)
+
+    def read_split(self, split: str) -> SplitData:
+        root = require(self.params.root, "CelebA root")
+        files, names, table = read_attributes(root / "list_attr_celeba.txt")
+        partition = {}
+        for line in require(root / "list_eval_partition.txt", "partition file").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                partition[parts[0]] = int(parts[1])
+        missing = [f for f in files if f not in partition]
+        if missing:
+            raise FairError(f"{root / 'list_eval_partition.txt'}: no partition for {len(missing)} images, e.g. {missing[0]}")
+        keep = torch.tensor([partition[f] == PARTITIONS[split] for f in files])
+        if split == "train" and self.params.blond_subset:
+            keep = self._blond_subset(keep, names, table)
+        rows = torch.nonzero(keep).flatten()
+        images_dir = require(root / "img_align_celeba", "image folder")
+        return SplitData(
+            images=ImageFiles([images_dir / files[i] for i in rows.tolist()], self.params.image_size),
+            attributes={name: table[rows, j] for j, name in enumerate(names)},
+            values={name: value_names(name) for name in names},
+        )
+
+    def _blond_subset(self, keep: torch.Tensor, names: list[str], table: torch.Tensor) -> torch.Tensor:
+        blond, male = table[:, names.index("Blond_Hair")], table[:, names.index("Male")]
+        cell = torch.nonzero(keep & (blond == 0) & (male == 0)).flatten()
+        generator = torch.Generator().manual_seed(self.params.seed)
+        dropped = cell[torch.randperm(cell.numel(), generator=generator)[self.params.blond_subset_size:]]
+        keep = keep.clone()
+        keep[dropped] = False
+        return keep
