@@ -13,6 +13,8 @@ the Fairness of Image Classification Models", arXiv 2401.03695):
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,28 +24,31 @@ from fair_core import FairDataset, Method, TrainingData
 from .cells import balanced_cell_size, cell_of, inverse_frequency_weights, resample_cells
 
 
-class Undersampling(Method):
+class _CellResampling(Method):
+    """Resample every (target, group) cell, once, to the smallest (``us``) or largest (``os``) size."""
+
+    mode: ClassVar[Literal["us", "os"]]
+    stage = "pre-processing"
+
+    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
+        cells = cell_of(train_set)
+        return TrainingData(train_set.select(resample_cells(cells, balanced_cell_size(cells, self.mode), generator)))
+
+
+class Undersampling(_CellResampling):
     """Balance the (target, group) cells by undersampling to the smallest cell."""
 
-    stage = "pre-processing"
+    mode = "us"
     description = "undersample every (target, group) cell to the smallest one"
     paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline US"
 
-    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        cells = cell_of(train_set)
-        return TrainingData(train_set.select(resample_cells(cells, balanced_cell_size(cells, "us"), generator)))
 
-
-class Oversampling(Method):
+class Oversampling(_CellResampling):
     """Balance the (target, group) cells by oversampling to the largest cell."""
 
-    stage = "pre-processing"
+    mode = "os"
     description = "oversample every (target, group) cell to the largest one"
     paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline OS"
-
-    def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        cells = cell_of(train_set)
-        return TrainingData(train_set.select(resample_cells(cells, balanced_cell_size(cells, "os"), generator)))
 
 
 class Upweighting(Method):
