@@ -24,7 +24,7 @@ def assert_one_line_error(result, *needles):
 @pytest.mark.parametrize(
     "change,needles",
     [
-        ({"bogus": 1}, ["bogus", "unknown field", "allowed: data, model, method, train, eval, output_dir"]),
+        ({"bogus": 1}, ["bogus", "unknown field", "allowed: data, model, method, train, eval, output_dir, hub"]),
         ({"train": {"epochs": "many"}}, ["train.epochs", "valid integer", '"many"']),
         ({"train": {"optimizer": "rmsprop"}}, ["train.optimizer", "'sgd', 'adam' or 'adamw'"]),
         ({"method": {"name": "nope"}}, ["method.name", "unknown method 'nope'", "available:", "erm"]),
@@ -73,7 +73,7 @@ def test_schema_is_valid_json_schema_of_the_spec():
     result = fair("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) == {"data", "model", "method", "train", "eval", "output_dir"}
+    assert set(schema["properties"]) == {"data", "model", "method", "train", "eval", "output_dir", "hub"}
     assert schema["additionalProperties"] is False
 
 

@@ -372,6 +372,7 @@ class Trainer:
             except OSError as exc:
                 raise FairError(f"cannot write the results to {self.output_dir}: {exc.strerror or exc}") from None
         accelerator.log({f"eval/{k}": v for k, v in result.get("fairness", {}).items() if v is not None})
+        accelerator.wait_for_everyone()  # no process tears the group down while another still writes
         accelerator.end_training()
         return result
 
