@@ -27,17 +27,22 @@ class ImageFiles:
         path = self.paths[i]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
-                scale = self.size / min(image.size)
-                w, h = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
-                image = image.resize((w, h), Image.BILINEAR)
-                left, top = (w - self.size) // 2, (h - self.size) // 2
-                pixels = np.asarray(image.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
+                return to_tensor(image, self.size)
         except FileNotFoundError:
             raise FairError(f"image not found: {path}") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise FairError(f"corrupt image {path}: {exc}") from None
-        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def to_tensor(image: Image.Image, size: int) -> Tensor:
+    """A PIL image as a float ``(3, size, size)`` tensor in [0, 1]: shorter side resized, centre crop."""
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
 
 
 def require(path: Path, what: str) -> Path:

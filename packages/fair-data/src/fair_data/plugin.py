@@ -3,6 +3,7 @@
 from fair_core import hookimpl
 
 from .celeba import CelebA
+from .huggingface import HuggingFace
 from .synthetic import Synthetic
 from .utkface import UTKFace
 
@@ -12,3 +13,4 @@ def fair_register_datasets(register):
     register("synthetic", Synthetic)
     register("celeba", CelebA)
     register("utkface", UTKFace)
+    register("hf", HuggingFace)
