@@ -32,7 +32,6 @@ from torch import Tensor
 from fair_core import FairDataset, Method, TrainingData
 
 from .augment import random_crop_flip
-from .cells import cell_sizes
 
 
 class BCBBParams(BaseModel):
@@ -68,8 +67,7 @@ class BiasContrastive(Method):
     paper = "Hong & Yang, Unbiased Classification Through Bias-Contrastive and Bias-Balanced Learning, NeurIPS 2021"
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        c, b = self.info.num_classes, self.info.num_groups
-        counts = cell_sizes(train_set).view(b, c).T.double()  # counts[y, b]
+        counts = train_set.cell_counts().double()  # counts[y, b]
         p_b_given_y = counts / counts.sum(1, keepdim=True).clamp_min(1)
         p_y_given_b = counts / counts.sum(0, keepdim=True).clamp_min(1)
         self.log_prior = torch.log(p_y_given_b.clamp_min(1e-12)).float().T  # [b, y]: log p(y | b)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fair_core import FairDataset, Method, TrainingData
 
-from .cells import balanced_cell_size, cell_sizes, inverse_frequency_weights, resample_cells
+from .cells import balanced_cell_size, by_split_row, cell_index, inverse_frequency_weights, resample_cells
 
 
 class BMParams(BaseModel):
@@ -60,7 +60,7 @@ def mimicking_counts(counts: np.ndarray, target: int) -> np.ndarray:
 def mimicking_masks(dataset: FairDataset, generator: torch.Generator) -> Tensor:
     """``mask[i, y]``: whether sample ``i`` enters head ``y``'s loss."""
     c, b = dataset.info.num_classes, dataset.info.num_groups
-    counts = cell_sizes(dataset).view(b, c).T.numpy()  # counts[y, b]
+    counts = dataset.cell_counts().numpy()  # counts[y, b]
     masks = torch.zeros(len(dataset), c, dtype=torch.bool)
     for head in range(c):
         kept = mimicking_counts(counts, head)
@@ -95,9 +95,7 @@ class BiasMimicking(Method):
     ddp_find_unused_parameters = True  # the final head is trained outside the main step
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        masks = mimicking_masks(train_set, generator)
-        self.masks = torch.zeros(int(train_set.rows.max()) + 1, self.info.num_classes, dtype=torch.bool)
-        self.masks[train_set.rows] = masks
+        self.masks = by_split_row(train_set, mimicking_masks(train_set, generator))
         return TrainingData(train_set)
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
@@ -126,7 +124,7 @@ class BiasMimicking(Method):
         self._epoch_features = []
         generator = torch.Generator().manual_seed(trainer.spec.train.seed * 7919 + trainer.epoch)
         head = trainer.accelerator.unwrap_model(model).final_head
-        cells = targets + groups * self.info.num_classes
+        cells = cell_index(targets, groups, self.info.num_classes)
         weights = torch.ones(len(cells), device=features.device)
         mode = self.params.final_head_sampling
         if mode in {"us", "os"}:

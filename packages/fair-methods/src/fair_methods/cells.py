@@ -12,14 +12,22 @@ from torch import Tensor
 from fair_core import FairDataset
 
 
+def cell_index(targets: Tensor, groups: Tensor, num_classes: int) -> Tensor:
+    """Cell index ``g = y + b * C``."""
+    return targets + groups * num_classes
+
+
 def cell_of(dataset: FairDataset) -> Tensor:
-    """Cell index ``g = y + b * C`` of every sample."""
-    return dataset.targets + dataset.groups * dataset.info.num_classes
+    """Cell index ``g = y + b * C`` of every sample of ``dataset``."""
+    return cell_index(dataset.targets, dataset.groups, dataset.info.num_classes)
 
 
-def cell_sizes(dataset: FairDataset) -> Tensor:
-    """``n_g`` for every cell ``g`` (``C * B`` entries; empty cells are 0)."""
-    return torch.bincount(cell_of(dataset), minlength=dataset.info.num_classes * dataset.info.num_groups)
+def by_split_row(dataset: FairDataset, values: Tensor) -> Tensor:
+    """A table indexed by split row (what batches carry as ``index``) holding ``values[i]`` at the
+    row of sample ``i``; rows not in ``dataset`` hold zeros."""
+    table = torch.zeros(int(dataset.rows.max()) + 1, *values.shape[1:], dtype=values.dtype)
+    table[dataset.rows] = values
+    return table
 
 
 def resample_cells(cells: Tensor, size: int, generator: torch.Generator) -> Tensor:

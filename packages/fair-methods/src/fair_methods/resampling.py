@@ -21,7 +21,7 @@ from torch import Tensor
 
 from fair_core import FairDataset, Method, TrainingData
 
-from .cells import balanced_cell_size, cell_of, inverse_frequency_weights, resample_cells
+from .cells import balanced_cell_size, by_split_row, cell_of, inverse_frequency_weights, resample_cells
 
 
 class _CellResampling(Method):
@@ -61,8 +61,7 @@ class Upweighting(Method):
     weights: Tensor  # N / n_g by split row (the rows of the training split)
 
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
-        self.weights = torch.zeros(int(train_set.rows.max()) + 1)
-        self.weights[train_set.rows] = inverse_frequency_weights(cell_of(train_set))
+        self.weights = by_split_row(train_set, inverse_frequency_weights(cell_of(train_set)))
         return TrainingData(train_set)
 
     def compute_loss(self, model, batch) -> Tensor:
