@@ -94,9 +94,9 @@ class FairDataset(Dataset):
         self.rows = torch.arange(n) if rows is None else rows.long()
         all_targets = split.attributes[info.target].long()
         sizes = [len(split.values[a]) for a in info.sensitive]
-        all_groups = intersect_groups(torch.stack([split.attributes[a].long() for a in info.sensitive], 1), sizes)
+        self.row_groups = intersect_groups(torch.stack([split.attributes[a].long() for a in info.sensitive], 1), sizes)
         self.targets = all_targets[self.rows]
-        self.groups = all_groups[self.rows]
+        self.groups = self.row_groups[self.rows]  # row_groups: the group of every split row
 
     def __len__(self) -> int:
         return len(self.rows)

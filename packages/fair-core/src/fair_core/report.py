@@ -17,7 +17,7 @@ from torch import Tensor
 from .atomic import write_text
 from .data import DataInfo, FairDataset
 from .errors import FairError
-from .metrics import Metric, bootstrap_confidence_interval, group_accuracy, intersect_groups
+from .metrics import Metric, bootstrap_confidence_interval, group_accuracy
 
 
 def _number(value: Tensor | float) -> float | None:
@@ -60,12 +60,10 @@ def write_predictions(path: Path, dataset: FairDataset, index: Tensor, scores: T
     writer = csv.writer(buffer)
     writer.writerow(["index", "target", *info.sensitive, "group", "prediction", *(f"score_{c}" for c in info.class_names)])
     attributes = dataset.split.attributes
-    codes = torch.stack([attributes[a].long() for a in info.sensitive], 1)
-    groups = intersect_groups(codes, [len(info.sensitive_values[a]) for a in info.sensitive])
     for row, p, s in zip(index.tolist(), probs.argmax(1).tolist(), probs.tolist(), strict=True):
-        sensitive = [info.sensitive_values[a][int(codes[row, i])] for i, a in enumerate(info.sensitive)]
+        sensitive = [info.sensitive_values[a][int(attributes[a][row])] for a in info.sensitive]
         target = int(attributes[info.target][row])
-        writer.writerow([row, target, *sensitive, int(groups[row]), p, *(f"{v:.6f}" for v in s)])
+        writer.writerow([row, target, *sensitive, int(dataset.row_groups[row]), p, *(f"{v:.6f}" for v in s)])
     write_text(path, buffer.getvalue())
 
 
