@@ -3,25 +3,14 @@
 import random
 import warnings
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import CELEBA_ATTRIBUTES as ATTRIBUTES
+from conftest import write_jpeg
 from fair_core import FairError
 from fair_data.celeba import CelebA
 from fair_data.utkface import UTKFace
-
-ATTRIBUTES = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
-              "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
-              "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
-              "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
-              "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
-
-
-def write_jpeg(path, seed, size=(20, 24)):
-    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """CelebA (Liu et al., "Deep Learning Face Attributes in the Wild", ICCV 2015), in its official
 layout::
 
-    root/img_align_celeba/000001.jpg ...
+    root/img_align_celeba/000001.jpg ...   # or root/img_align_celeba.zip, as distributed
     root/list_attr_celeba.txt       # count, 40 attribute names, then "000001.jpg -1 1 ..." rows
     root/list_eval_partition.txt    # "000001.jpg 0" (0 train, 1 valid, 2 test)
 
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .images import ImageFiles, require
+from .images import STORE_HELP, ImageStoreKind, open_store, require
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -30,6 +30,7 @@ class CelebAParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(description="folder with img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
     image_size: int = Field(224, ge=8)
+    image_store: ImageStoreKind = Field("auto", description=STORE_HELP)
     blond_subset: bool = Field(False, description="subsample the non-blond female training cell to blond_subset_size")
     blond_subset_size: int = Field(2000, ge=1)
     seed: int = 0
@@ -85,9 +86,9 @@ class CelebA(DatasetBuilder):
         if split == "train" and self.params.blond_subset:
             keep = self._blond_subset(keep, names, table)
         rows = torch.nonzero(keep).flatten()
-        images_dir = require(root / "img_align_celeba", "image folder")
+        store = open_store(root / "img_align_celeba", root / "img_align_celeba.zip", self.params.image_store)
         return SplitData(
-            images=ImageFiles([images_dir / files[i] for i in rows.tolist()], self.params.image_size),
+            images=store.images([files[i] for i in rows.tolist()], self.params.image_size),
             attributes={name: table[rows, j] for j, name in enumerate(names)},
             values={name: value_names(name) for name in names},
         )

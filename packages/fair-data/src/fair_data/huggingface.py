@@ -30,6 +30,36 @@ class HFParams(BaseModel):
     image_size: int = Field(224, ge=8)
 
 
+def load_split(path_or_id: str, split_name: str, field: str = "data.params.path"):
+    """One split of a Hugging Face dataset: a ``save_to_disk`` folder, a folder of parquet files
+    (a file belongs to the split whose name is in its name or its folder's), or a Hub id."""
+    import datasets
+
+    path = Path(path_or_id)
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            return loaded[split_name] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if path.is_dir():
+            files = sorted(str(p) for p in path.rglob("*.parquet") if split_name in p.stem or split_name in p.parent.name)
+            if not files:
+                raise FairError(f"{field}: no parquet file for split {split_name!r} in {path}")
+            return datasets.load_dataset("parquet", data_files={split_name: files}, split=split_name)
+        return datasets.load_dataset(path_or_id, split=split_name)
+    except FairError:
+        raise
+    except (KeyError, ValueError, FileNotFoundError, ConnectionError, OSError) as exc:
+        raise FairError(f"{field}: cannot load split {split_name!r} of {path_or_id}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def require_columns(dataset, columns: list[str], where: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise FairError(f"data.params: column(s) {', '.join(missing)} not in {where}; "
+                        f"available: {', '.join(dataset.column_names)}")
+
+
 class HFImages:
     """Lazy images of one column of a ``datasets.Dataset``."""
 
@@ -59,35 +89,12 @@ class HuggingFace(DatasetBuilder):
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.params.image_size, *IMAGENET)
 
-    def _load(self, split_name: str):
-        import datasets
-
-        path = Path(self.params.path)
-        try:
-            if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-                loaded = datasets.load_from_disk(str(path))
-                return loaded[split_name] if isinstance(loaded, datasets.DatasetDict) else loaded
-            if path.is_dir():
-                files = sorted(str(p) for p in path.rglob("*.parquet") if split_name in p.stem or split_name in p.parent.name)
-                if not files:
-                    raise FairError(f"data.params.path: no parquet file for split {split_name!r} in {path}")
-                return datasets.load_dataset("parquet", data_files={split_name: files}, split=split_name)
-            return datasets.load_dataset(self.params.path, split=split_name)
-        except FairError:
-            raise
-        except (KeyError, ValueError, FileNotFoundError, ConnectionError, OSError) as exc:
-            raise FairError(f"data.params.path: cannot load split {split_name!r} of {self.params.path}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
     def read_split(self, split: str) -> SplitData:
         import torch
 
         p = self.params
-        dataset = self._load(p.splits[split])
-        missing = [c for c in [p.image_column, *p.attributes] if c not in dataset.column_names]
-        if missing:
-            raise FairError(f"data.params: column(s) {', '.join(missing)} not in {p.path}; "
-                            f"available: {', '.join(dataset.column_names)}")
+        dataset = load_split(p.path, p.splits[split])
+        require_columns(dataset, [p.image_column, *p.attributes], p.path)
         attributes, values = {}, {}
         for column in p.attributes:
             feature = dataset.features[column]

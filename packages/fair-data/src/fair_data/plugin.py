@@ -3,6 +3,9 @@
 from fair_core import hookimpl
 
 from .celeba import CelebA
+from .celebahq import CelebAHQ
+from .cifar10s import CIFAR10S
+from .fairface import FairFace
 from .huggingface import HuggingFace
 from .synthetic import Synthetic
 from .utkface import UTKFace
@@ -12,5 +15,8 @@ from .utkface import UTKFace
 def fair_register_datasets(register):
     register("synthetic", Synthetic)
     register("celeba", CelebA)
+    register("celebahq", CelebAHQ)
     register("utkface", UTKFace)
+    register("fairface", FairFace)
+    register("cifar10s", CIFAR10S)
     register("hf", HuggingFace)

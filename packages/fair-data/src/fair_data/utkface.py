@@ -1,5 +1,6 @@
 """UTKFace (Zhang et al., "Age Progression/Regression by Conditional Adversarial Autoencoder",
-CVPR 2017): a folder of ``age_gender_race_date.jpg`` files (``.jpg.chip.jpg`` too).
+CVPR 2017): a folder of ``age_gender_race_date.jpg`` files (``.jpg.chip.jpg`` too), or the zip
+of that folder (``root`` = ``.../UTKFace`` reads ``.../UTKFace.zip`` when the folder is absent).
 
 Attributes: ``gender`` (0 Male, 1 Female), ``race`` (``race_groups``: "binary" = White vs Others
 as in the fairness study, or "all" = White, Black, Asian, Indian, Others), ``age`` (``age_groups``:
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
 from .celeba import IMAGENET
-from .images import ImageFiles, require
+from .images import STORE_HELP, ImageStoreKind, open_store
 
 NAME = re.compile(r"^(\d+)_([01])_([0-4])_(\d+)\.jpg(\.chip\.jpg)?$")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
@@ -35,6 +36,7 @@ class UTKFaceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     root: Path = Field(description="folder of age_gender_race_date.jpg files")
     image_size: int = Field(200, ge=8)
+    image_store: ImageStoreKind = Field("auto", description=STORE_HELP)
     race_groups: Literal["binary", "all"] = "binary"
     age_groups: Literal["study", "bins"] = "study"
     age_bins: list[int] = Field(default_factory=lambda: [20, 40, 60], description="bin edges when age_groups is 'bins'")
@@ -44,15 +46,15 @@ class UTKFaceParams(BaseModel):
     seed: int = 0
 
 
-def parse_names(root: Path) -> tuple[list[Path], torch.Tensor, list[str]]:
-    """Files, their (age, gender, race) rows, and the names that do not parse."""
+def parse_names(names: list[str]) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Image names, their (age, gender, race) rows, and the names that do not parse."""
     files, rows, malformed = [], [], []
-    for path in sorted(p for p in root.iterdir() if p.is_file()):
-        match = NAME.match(path.name)
+    for name in names:
+        match = NAME.match(name.rsplit("/", 1)[-1])
         if match is None:
-            malformed.append(path.name)
+            malformed.append(name)
             continue
-        files.append(path)
+        files.append(name)
         rows.append([int(match.group(1)), int(match.group(2)), int(match.group(3))])
     return files, torch.tensor(rows, dtype=torch.long).reshape(-1, 3), malformed
 
@@ -91,8 +93,9 @@ class UTKFace(DatasetBuilder):
 
     def read_split(self, split: str) -> SplitData:
         p = self.params
-        root = require(p.root, "UTKFace folder")
-        files, table, malformed = parse_names(root)
+        root = p.root
+        store = open_store(root, root.with_suffix(".zip"), p.image_store)
+        files, table, malformed = parse_names(store.names())
         if malformed:
             warnings.warn(f"UTKFace: {len(malformed)} file(s) in {root} with names not age_gender_race_date.jpg "
                           f"were skipped: {', '.join(malformed[:5])}{' ...' if len(malformed) > 5 else ''}", stacklevel=2)
@@ -108,7 +111,7 @@ class UTKFace(DatasetBuilder):
         if split == "train" and p.bias_attribute is not None:
             rows = self._bias(rows, attributes[p.bias_target], attributes[p.bias_attribute], generator)
         return SplitData(
-            images=ImageFiles([files[i] for i in rows.tolist()], p.image_size),
+            images=store.images([files[i] for i in rows.tolist()], p.image_size),
             attributes={k: v[rows] for k, v in attributes.items()},
             values=values,
         )
