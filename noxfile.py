@@ -26,6 +26,6 @@ def demo(session):
 
 @nox.session(python="3.11")
 def bench(session):
-    session.install("-r", "requirements-dev.txt", "matplotlib>=3.7")  # matplotlib: the methods plot
+    session.install("-r", "requirements-dev.txt")
     for script in sorted(__import__("pathlib").Path("bench").glob("*.py")):
         session.run("python", str(script), *session.posargs)

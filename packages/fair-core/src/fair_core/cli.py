@@ -164,22 +164,33 @@ app.add_typer(data_app, name="data")
 @data_app.command("check")
 def data_check(spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")]) -> None:
     """Load every split of the spec's dataset and print its (target x group) cell counts."""
-    from .runner import resolve
+    from .data_stats import split_cell_counts
     from .spec import load_spec
 
     spec = load_spec(spec_file)
-    dataset = resolve(spec).dataset
-    for split in dataset.splits:
-        data = dataset.load(split, spec.data.target, spec.data.sensitive)
-        counts = data.cell_counts()
-        table = Table(title=f"{spec.data.name} {split}: {len(data)} images, {data.info.target} x "
-                            f"{'/'.join(data.info.sensitive)}")
-        table.add_column(data.info.target)
-        for group in data.info.group_names:
-            table.add_column(group, justify="right")
-        for y, name in enumerate(data.info.class_names):
-            table.add_row(name, *(str(int(n)) for n in counts[y]))
-        console.print(table)
+    for table in split_cell_counts(spec):
+        info = table.info
+        rich_table = Table(title=f"{spec.data.name} {table.split}: {table.total} images, {info.target} x {'/'.join(info.sensitive)}")
+        rich_table.add_column(info.target)
+        for group in info.group_names:
+            rich_table.add_column(group, justify="right")
+        for y, name in enumerate(info.class_names):
+            rich_table.add_row(name, *(str(int(n)) for n in table.counts[y]))
+        console.print(rich_table)
+
+
+@data_app.command("stats")
+def data_stats(
+    spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="figure file (.png, .pdf or .svg)")] = Path("cell_counts.png"),
+) -> None:
+    """Draw the (target x group) cell counts of every split as a figure, to see the bias before training."""
+    from .data_stats import draw_cell_counts, split_cell_counts
+    from .spec import load_spec
+
+    spec = load_spec(spec_file)
+    path = draw_cell_counts(split_cell_counts(spec), spec.data.name, output)
+    console.print(f"wrote {path}")
 
 
 def cli() -> None:

@@ -381,7 +381,8 @@ class Trainer:
         """Scores of every sample of ``dataset`` (gathered from all processes, padding dropped)."""
         accelerator = self.accelerator
         loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
-                                                num_workers=self.spec.train.num_workers, collate_fn=_collate))
+                                                num_workers=self.spec.train.num_workers, collate_fn=_collate,
+                                                pin_memory=torch.cuda.is_available()))
         model.eval()
         parts: list[tuple[Tensor, ...]] = []
         for batch in tqdm(loader, desc="evaluate", leave=False,

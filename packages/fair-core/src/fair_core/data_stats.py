@@ -1,0 +1,77 @@
+"""Cell counts of a spec's data, before training: ``fair data check`` prints them as tables,
+``fair data stats`` draws them as a figure (one heat map a split, coloured by each group's share
+of its class, so a skew such as "95% of class 0 is grayscale" stands out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from .atomic import atomic_path
+from .data import DataInfo
+from .errors import FairError
+from .spec import RunSpec
+
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """``counts[y, g]`` of one split."""
+
+    split: str
+    info: DataInfo
+    counts: Tensor
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+
+def split_cell_counts(spec: RunSpec) -> list[SplitCounts]:
+    """Load every split of the spec's dataset (checking it) and count its (target, group) cells."""
+    from .runner import resolve
+
+    dataset = resolve(spec).dataset
+    tables = []
+    for split in dataset.splits:
+        data = dataset.load(split, spec.data.target, spec.data.sensitive)
+        tables.append(SplitCounts(split, data.info, data.cell_counts()))
+    return tables
+
+
+def draw_cell_counts(tables: list[SplitCounts], dataset: str, path: Path) -> Path:
+    """Write the heat maps of ``tables`` to ``path`` (format from its suffix), atomically."""
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix not in FIGURE_FORMATS:
+        raise FairError(f"--output: unknown figure format {path.suffix!r}; allowed: {', '.join('.' + f for f in FIGURE_FORMATS)}")
+    try:
+        from matplotlib import rc_context
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise FairError("fair data stats draws with matplotlib, which is not installed (pip install 'fair-core[plots]')") from None
+    width = max(3.0, 1.1 * max(t.info.num_groups for t in tables) + 1.8)
+    height = max(2.4, 0.45 * max(t.info.num_classes for t in tables) + 1.4)
+    figure = Figure(figsize=(width * len(tables), height), layout="constrained")
+    axes = figure.subplots(1, len(tables), squeeze=False)[0]
+    for ax, table in zip(axes, tables, strict=True):
+        counts = table.counts.double()
+        share = counts / counts.sum(1, keepdim=True).clamp_min(1)
+        image = ax.imshow(share.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for y in range(counts.shape[0]):
+            for g in range(counts.shape[1]):
+                light = share[y, g] < 0.6
+                ax.text(g, y, f"{int(counts[y, g])}\n{share[y, g]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if light else "black")
+        ax.set_xticks(range(table.info.num_groups), table.info.group_names, rotation=30, ha="right")
+        ax.set_yticks(range(table.info.num_classes), table.info.class_names)
+        ax.set_xlabel(" / ".join(table.info.sensitive))
+        ax.set_ylabel(table.info.target)
+        ax.set_title(f"{table.split}: {table.total} images")
+    figure.colorbar(image, ax=list(axes), label="share of the class")
+    figure.suptitle(f"{dataset}: (target x group) cell counts")
+    with atomic_path(path) as tmp, rc_context({"svg.fonttype": "none"}):  # SVG text stays text (editable)
+        figure.savefig(tmp, format=suffix, dpi=120)
+    return path
