@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fair_core import FairError
 from fair_data.huggingface import HuggingFace
+from fair_data.images import to_tensor
 
 datasets = pytest.importorskip("datasets")
 
@@ -25,7 +27,8 @@ def check(builder: HuggingFace, n_train: int):
     assert train.info.class_names == ("cat", "dog") and train.info.group_names == ("dark", "light")
     expected = [[sum(1 for i in range(n_train) if i % 2 == y and (i % 3 != 0) == bool(g)) for g in (0, 1)] for y in (0, 1)]
     assert train.cell_counts().tolist() == expected
-    assert train[0]["image"].shape == (3, 8, 8)
+    original = image_dataset(n_train, 0)[3]["image"]  # stored as PNG: lossless
+    assert torch.equal(train.split.images[3], to_tensor(original, 8))
 
 
 def test_hf_save_to_disk_folder(tmp_path):
@@ -51,3 +54,15 @@ def test_hf_errors_name_the_problem(tmp_path):
         HuggingFace(HuggingFace.Params(path=str(tmp_path / "ds"), attributes=["label", "skin"])).load("test", None, None)
     with pytest.raises(FairError, match="data.params.path: cannot load"):
         HuggingFace(HuggingFace.Params(path="nobody/not-a-dataset", attributes=["a", "b"])).load("train", None, None)
+
+
+def test_hf_corrupt_image_names_its_row(tmp_path):
+    broken = image_dataset(4, 0).cast_column("image", datasets.Image(decode=False))
+    broken = broken.map(lambda row, i: {"image": {"bytes": b"garbage" if i == 2 else row["image"]["bytes"], "path": None}},
+                        with_indices=True)
+    datasets.DatasetDict({"train": broken}).save_to_disk(str(tmp_path / "ds"))
+    train = HuggingFace(HuggingFace.Params(path=str(tmp_path / "ds"), attributes=["label", "skin"], image_size=8)).load(
+        "train", None, None)
+    assert train[1]["image"].shape == (3, 8, 8)
+    with pytest.raises(FairError, match="corrupt image .*ds:train\\[2\\]"):
+        train[2]

@@ -10,14 +10,16 @@ cache are used.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
 from .celeba import IMAGENET
-from .images import to_tensor
+from .images import decode, to_tensor
 
 
 class HFParams(BaseModel):
@@ -61,16 +63,29 @@ def require_columns(dataset, columns: list[str], where: str) -> None:
 
 
 class HFImages:
-    """Lazy images of one column of a ``datasets.Dataset``."""
+    """Lazy images of one column of a ``datasets.Dataset``.
 
-    def __init__(self, dataset, column: str, size: int):
-        self.dataset, self.column, self.size = dataset, column, size
+    An ``Image`` column is read undecoded (its bytes or path) and decoded here, so JPEGs get
+    reduced-scale decoding and a broken image gets an error naming its row."""
+
+    def __init__(self, dataset, column: str, size: int, where: str):
+        import datasets
+
+        if isinstance(dataset.features[column], datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        self.dataset, self.column, self.size, self.where = dataset, column, size, where
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        return to_tensor(self.dataset[int(i)][self.column], self.size)
+        value = self.dataset[int(i)][self.column]
+        where = f"{self.where}[{int(i)}]"
+        if isinstance(value, dict):  # an undecoded Image: embedded bytes or a file path
+            return decode(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"], where, self.size)
+        if isinstance(value, Image.Image):
+            return to_tensor(value, self.size)
+        raise FairError(f"data.params.image_column: {where} is a {type(value).__name__}, not an image")
 
 
 class HuggingFace(DatasetBuilder):
@@ -106,4 +121,4 @@ class HuggingFace(DatasetBuilder):
                 index = {v: i for i, v in enumerate(sorted(set(raw)))}
                 codes = [index[v] for v in raw]
             attributes[column], values[column] = torch.tensor(codes, dtype=torch.long), names
-        return SplitData(HFImages(dataset, p.image_column, p.image_size), attributes, values)
+        return SplitData(HFImages(dataset, p.image_column, p.image_size, f"{p.path}:{split}"), attributes, values)

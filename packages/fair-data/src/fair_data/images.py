@@ -29,7 +29,12 @@ STORE_HELP = ("where images are read from: auto (the folder, else its zip), fold
 
 
 def to_tensor(image: Image.Image, size: int) -> Tensor:
-    """A PIL image as a float ``(3, size, size)`` tensor in [0, 1]: shorter side resized, centre crop."""
+    """A PIL image as a float ``(3, size, size)`` tensor in [0, 1]: shorter side resized, centre crop.
+
+    A JPEG not yet decoded is decoded at the smallest power-of-two scale still at least ``size``
+    on both sides (libjpeg's DCT scaling), so small training sizes do not pay for full decodes."""
+    if image.format == "JPEG":
+        image.draft("RGB", (size, size))
     image = image.convert("RGB")
     scale = size / min(image.size)
     w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
