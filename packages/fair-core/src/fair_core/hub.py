@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import ModelHubMixin, hf_hub_download
@@ -26,7 +26,30 @@ from .data import DataInfo, Preprocessing
 from .errors import FairError
 from .plugins import get_registry
 
+if TYPE_CHECKING:
+    from .runner import ResolvedRun
+
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+
+
+def model_config(run: ResolvedRun, info: DataInfo) -> dict[str, Any]:
+    """The ``config.json`` of a trained run: what :class:`FairModel` needs to rebuild it."""
+    from . import __version__
+
+    spec = run.spec
+    return {
+        "fair_version": __version__,
+        "model": {"name": spec.model.name, "params": spec.model.params, "package": run.packages["model"]},
+        "method": {"name": spec.method.name, "params": run.method_params.model_dump(mode="json"),
+                   "package": run.packages["method"]},
+        "num_classes": info.num_classes,
+        "data": {"name": spec.data.name, "params": spec.data.params, "target": info.target,
+                 "sensitive": list(info.sensitive), "class_names": list(info.class_names),
+                 "group_names": list(info.group_names),
+                 "sensitive_values": {k: list(v) for k, v in info.sensitive_values.items()}},
+        "preprocessing": {"image_size": info.preprocessing.image_size, "mean": list(info.preprocessing.mean),
+                          "std": list(info.preprocessing.std)},
+    }
 
 
 def write_model_files(directory: Path, network: nn.Module, config: dict[str, Any]) -> None:

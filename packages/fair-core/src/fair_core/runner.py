@@ -32,7 +32,7 @@ from .atomic import atomic_path, write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
-from .hub import write_model_files
+from .hub import model_config, write_model_files
 from .method import Method, TrainingData
 from .metrics import FairnessMetrics, Metric
 from .models import ModelBuilder
@@ -396,21 +396,7 @@ class Trainer:
 
     def _write_outputs(self, model: nn.Module, method: Method, info, eval_set, index, scores, result) -> None:
         out = self.output_dir
-        spec = self.spec
-        config = {
-            "fair_version": __version__,
-            "model": {"name": spec.model.name, "params": spec.model.params, "package": self.run_spec.packages["model"]},
-            "method": {"name": spec.method.name, "params": self.run_spec.method_params.model_dump(mode="json"),
-                       "package": self.run_spec.packages["method"]},
-            "num_classes": info.num_classes,
-            "data": {"name": spec.data.name, "params": spec.data.params, "target": info.target,
-                     "sensitive": list(info.sensitive), "class_names": list(info.class_names),
-                     "group_names": list(info.group_names),
-                     "sensitive_values": {k: list(v) for k, v in info.sensitive_values.items()}},
-            "preprocessing": {"image_size": info.preprocessing.image_size, "mean": list(info.preprocessing.mean),
-                              "std": list(info.preprocessing.std)},
-        }
-        write_model_files(out, model, config)
+        write_model_files(out, model, model_config(self.run_spec, info))
         write_predictions(out / "predictions.csv", eval_set, index, scores)
         write_text(out / "metrics.json", json.dumps(result, indent=2))
 
