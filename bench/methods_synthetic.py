@@ -1,6 +1,8 @@
 """Every registered classification method on the synthetic biased dataset, over several seeds.
 
-Prints one table (mean +- std over seeds) of accuracy, balanced accuracy, worst-group accuracy,
+Each method runs with the ``method.params`` of its example spec (``examples/<name>.json``: its
+settings for this dataset), on the quickstart spec's data, model and budget. Prints one table
+(mean +- std over seeds) of accuracy, balanced accuracy, worst-group accuracy,
 accuracy gap, SPD, DEO, EOD, AAOD, and seconds per epoch relative to ERM measured in the same
 run; writes it as Markdown and an accuracy-vs-DEO scatter plot to bench/results/.
 
@@ -28,6 +30,13 @@ COLUMNS = [("overall", "accuracy", "acc"), ("overall", "balanced_accuracy", "bac
            ("fairness", "spd", "SPD"), ("fairness", "deo", "DEO"), ("fairness", "eod", "EOD"), ("fairness", "aaod", "AAOD")]
 
 
+def example_params(method: str) -> list[str]:
+    """``method.params`` overrides of the method's example spec (its settings for this dataset)."""
+    path = ROOT / "examples" / f"{method}.json"
+    params = json.loads(path.read_text())["method"].get("params", {}) if path.exists() else {}
+    return [f"method.params.{key}={json.dumps(value)}" for key, value in params.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -43,7 +52,8 @@ def main() -> None:
             for method in methods:
                 spec = load_spec(ROOT / "examples/quickstart.json",
                                  [f"method.name={method}", f"train.epochs={args.epochs}", f"train.seed={seed}",
-                                  f"data.params.seed={seed}", "eval.bootstrap=0"], f"{tmp}/{method}-{seed}")
+                                  f"data.params.seed={seed}", "eval.bootstrap=0", *example_params(method)],
+                                 f"{tmp}/{method}-{seed}")
                 result = run(spec)
                 results[method].append(result)
                 print(f"seed {seed} {method:6s} acc {result['overall']['accuracy']:.3f} "

@@ -104,3 +104,9 @@ def test_hub_parquet_layout(tmp_path, monkeypatch):
     data, _ = cifar_arrays(PER_CLASS_TEST, 1)
     row = int(test.split.images.rows[0])
     assert torch.allclose(test.split.images[0], torch.from_numpy(data[row].reshape(3, 32, 32)).float() / 255)  # PNG is lossless
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(FairError, match="data.params.root: cannot load split 'train' of .*nowhere: no folder .*nowhere, "
+                                        "and as a Hub dataset id"):
+        CIFAR10S(CIFAR10S.Params(root=str(tmp_path / "nowhere"))).load("train", None, None)

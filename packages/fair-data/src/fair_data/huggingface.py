@@ -51,7 +51,8 @@ def load_split(path_or_id: str, split_name: str, field: str = "data.params.path"
     except FairError:
         raise
     except (KeyError, ValueError, FileNotFoundError, ConnectionError, OSError) as exc:
-        raise FairError(f"{field}: cannot load split {split_name!r} of {path_or_id}: "
+        where = "" if path.exists() else f"no folder {path_or_id}, and as a Hub dataset id: "
+        raise FairError(f"{field}: cannot load split {split_name!r} of {path_or_id}: {where}"
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
