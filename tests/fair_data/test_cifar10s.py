@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fair_core import FairError
-from fair_data.cifar10s import CIFAR10S, LUMA
+from fair_data.cifar10s import CIFAR10S
+from fair_data.images import LUMA
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 20, 5
 

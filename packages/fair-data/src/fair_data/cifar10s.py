@@ -37,10 +37,9 @@ from torch import Tensor
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
 from .huggingface import load_split, require_columns
+from .images import COLOR_VALUES, to_grayscale
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-COLOR_VALUES = ("colour", "grayscale")
-LUMA = torch.tensor([0.299, 0.587, 0.114])
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
@@ -164,5 +163,5 @@ class SkewedImages:
     def __getitem__(self, i: int) -> Tensor:
         image = self.pixels[self.rows[i]].float() / 255.0
         if self.grayscale[i]:
-            image = (image * LUMA.view(3, 1, 1)).sum(0, keepdim=True).expand(3, -1, -1).contiguous()
+            image = to_grayscale(image).contiguous()
         return image

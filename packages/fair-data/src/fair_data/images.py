@@ -22,6 +22,8 @@ from torch import Tensor
 
 from fair_core import FairError
 
+COLOR_VALUES = ("colour", "grayscale")  # value names of a colour-vs-grayscale protected attribute
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma weights (PIL's "L" mode)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ImageStoreKind = Literal["auto", "folder", "zip", "zip_in_memory"]
 STORE_HELP = ("where images are read from: auto (the folder, else its zip), folder, zip (read from disk per image) "
@@ -42,6 +44,11 @@ def to_tensor(image: Image.Image, size: int) -> Tensor:
     left, top = (w - size) // 2, (h - size) // 2
     pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def to_grayscale(images: Tensor) -> Tensor:
+    """Images ``(..., 3, H, W)`` as their luma copied to three channels."""
+    return (images * LUMA.view(3, 1, 1)).sum(-3, keepdim=True).expand_as(images)
 
 
 def decode(source, where: str, size: int) -> Tensor:

@@ -26,9 +26,9 @@ from torch import Tensor
 
 from fair_core import DatasetBuilder, Preprocessing, SplitData
 
+from .images import COLOR_VALUES, LUMA, to_grayscale
+
 SHAPES = ("square", "circle", "triangle", "cross", "diamond", "ring")
-COLOR_VALUES = ("colour", "grayscale")
-LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
 class SyntheticParams(BaseModel):
@@ -91,8 +91,7 @@ def render(shape: Tensor, grayscale: Tensor, params: SyntheticParams, generator:
     mask = _shape_masks(shape, size, generator).unsqueeze(1)
     images = torch.where(mask, foreground.view(n, 3, 1, 1), background.view(n, 3, 1, 1))
     images = images + params.noise * torch.randn(images.shape, generator=generator)
-    gray = (images * LUMA.view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
-    images = torch.where(grayscale.view(n, 1, 1, 1).bool(), gray, images)
+    images = torch.where(grayscale.view(n, 1, 1, 1).bool(), to_grayscale(images), images)
     return images.clamp(0, 1).contiguous()
 
 
