@@ -1,7 +1,10 @@
 """Every registered classification method on the synthetic biased dataset, over several seeds.
 
-Each method runs with the ``method.params`` of its example spec (``examples/<name>.json``: its
-settings for this dataset), on the quickstart spec's data, model and budget. Prints one table
+Each method runs with the settings of its example spec (``examples/<name>.json``) on the
+quickstart spec's data and model: its ``method.params``, its training recipe (weight decay,
+learning-rate schedule) and its epochs relative to ``examples/erm.json`` (US: 8x, for ERM's number
+of steps on its ~10x smaller training set). ERM also runs with every recipe a method uses, so each
+method has a baseline trained the same way (``erm (weight_decay=..., ...)`` rows). Prints one table
 (mean +- std over seeds) of accuracy, balanced accuracy, worst-group accuracy,
 accuracy gap, SPD, DEO, EOD, AAOD, and seconds per epoch relative to ERM measured in the same
 run; writes it as Markdown and an accuracy-vs-DEO scatter plot to bench/results/.
@@ -30,11 +33,26 @@ COLUMNS = [("overall", "accuracy", "acc"), ("overall", "balanced_accuracy", "bac
            ("fairness", "spd", "SPD"), ("fairness", "deo", "DEO"), ("fairness", "eod", "EOD"), ("fairness", "aaod", "AAOD")]
 
 
-def example_params(method: str) -> list[str]:
-    """``method.params`` overrides of the method's example spec (its settings for this dataset)."""
+RECIPE_KEYS = ("weight_decay", "scheduler", "milestones", "gamma")
+
+
+def example_settings(method: str) -> tuple[list[str], tuple[str, ...], float]:
+    """The method's example spec (its settings for this dataset): ``method.params`` overrides, its
+    training recipe (``train`` keys in RECIPE_KEYS, as overrides) and its epochs relative to ERM's."""
     path = ROOT / "examples" / f"{method}.json"
-    params = json.loads(path.read_text())["method"].get("params", {}) if path.exists() else {}
-    return [f"method.params.{key}={json.dumps(value)}" for key, value in params.items()]
+    if not path.exists():
+        return [], (), 1.0
+    example = json.loads(path.read_text())
+    params = [f"method.params.{key}={json.dumps(value)}" for key, value in example["method"].get("params", {}).items()]
+    recipe = tuple(f"train.{key}={json.dumps(value)}" for key, value in example["train"].items() if key in RECIPE_KEYS)
+    erm_epochs = json.loads((ROOT / "examples/erm.json").read_text())["train"]["epochs"]
+    return params, recipe, example["train"]["epochs"] / erm_epochs
+
+
+def baseline_name(recipe: tuple[str, ...]) -> str:
+    """``erm``, or ``erm (weight_decay=0.0001, scheduler=multistep)`` for ERM trained with a recipe."""
+    settings = [override.removeprefix("train.").replace('"', "") for override in recipe]
+    return f"erm ({', '.join(settings)})" if settings else "erm"
 
 
 def main() -> None:
@@ -45,18 +63,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     args = parser.parse_args()
     methods = args.methods or get_registry().names("methods")
-    methods = ["erm"] + [m for m in methods if m != "erm"]  # the baseline first
-    results: dict[str, list[dict]] = {m: [] for m in methods}
+    runs: dict[str, tuple[str, list[str], int]] = {}  # row name -> (method, overrides, epochs)
+    for method in ["erm"] + [m for m in methods if m != "erm"]:  # the baseline first
+        params, recipe, epoch_factor = example_settings(method)
+        if baseline_name(recipe) not in runs:
+            runs[baseline_name(recipe)] = ("erm", list(recipe), args.epochs)
+        if method != "erm":
+            runs[method] = (method, [*params, *recipe], round(args.epochs * epoch_factor))
+    results: dict[str, list[dict]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            for method in methods:
+            for i, (name, (method, overrides, epochs)) in enumerate(runs.items()):
                 spec = load_spec(ROOT / "examples/quickstart.json",
-                                 [f"method.name={method}", f"train.epochs={args.epochs}", f"train.seed={seed}",
-                                  f"data.params.seed={seed}", "eval.bootstrap=0", *example_params(method)],
-                                 f"{tmp}/{method}-{seed}")
+                                 [f"method.name={method}", f"train.epochs={epochs}", f"train.seed={seed}",
+                                  f"data.params.seed={seed}", "eval.bootstrap=0", *overrides],
+                                 f"{tmp}/run{i}-seed{seed}")
                 result = run(spec)
-                results[method].append(result)
-                print(f"seed {seed} {method:6s} acc {result['overall']['accuracy']:.3f} "
+                results[name].append(result)
+                print(f"seed {seed} {name:6s} acc {result['overall']['accuracy']:.3f} "
                       f"worst-group {result['fairness']['worst_group_accuracy']:.3f} "
                       f"{result['timing']['seconds_per_epoch']:.2f} s/epoch", flush=True)
 
@@ -64,14 +88,14 @@ def main() -> None:
     header = ["method", *(c[2] for c in COLUMNS), "time/epoch vs ERM"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     summary = {}
-    for method, runs in results.items():
+    for method, outcomes in results.items():
         cells, summary[method] = [method], {}
         for section, key, _ in COLUMNS:
-            values = [r[section][key] for r in runs]
+            values = [r[section][key] for r in outcomes]
             mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
             summary[method][key] = (mean, std)
             cells.append(f"{mean:.3f} ± {std:.3f}")
-        ratio = statistics.mean(r["timing"]["seconds_per_epoch"] for r in runs) / erm_time
+        ratio = statistics.mean(r["timing"]["seconds_per_epoch"] for r in outcomes) / erm_time
         cells.append(f"{ratio:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)

@@ -1,9 +1,12 @@
 """Each method against ERM on the synthetic biased dataset, same seed and budget.
 
-Budget: examples/quickstart.json at 12 epochs (US, whose training set is ~10x smaller, gets the
-same number of optimisation steps instead: 8x the epochs). Worst-group accuracy is the accuracy
-of the grayscale group (ERM: ~0.80 at this budget). Margins were chosen from seeds 0-2 (see
+Budget: examples/quickstart.json at 12 epochs. Worst-group accuracy is the accuracy of the
+grayscale group (ERM: ~0.80 at this budget). Margins were chosen from seeds 0-2 (see
 bench/methods_synthetic.py and the issue notes).
+
+US trains on ~10x fewer images, so it gets ERM's number of optimisation steps (8x the epochs),
+and its recipe (examples/us.json) is the study's: weight decay 1e-4 and the learning rate x0.1 at
+1/3 and 2/3 of the epochs. It is compared with ERM trained with that same recipe.
 """
 
 import json
@@ -29,11 +32,17 @@ def erm(tmp_path_factory):
     return run_method(tmp_path_factory.mktemp("erm"), "erm")
 
 
-def test_us_halves_the_accuracy_gap(tmp_path, erm):
-    """US trains on ~400 images here: at ERM's step budget it is much fairer (gap 0.20/0.20/0.23
-    -> 0.03/0.09/0.04 at train seeds 0/1/2) but overfits: its worst-group accuracy beats ERM's
-    only at seed 2 (0.78/0.76/0.88 vs 0.80/0.80/0.77), so that is not asserted."""
-    result = run_method(tmp_path, "us", f"train.epochs={EPOCHS * 8}")
+STUDY_RECIPE = ("train.weight_decay=1e-4", "train.scheduler=multistep")
+
+
+def test_us_improves_worst_group_accuracy_over_erm_with_the_same_recipe(tmp_path):
+    """With a constant learning rate, US's final epoch on its ~400 images is noisy: worst-group
+    0.78/0.76/0.88 against ERM's 0.80/0.80/0.77 (train seeds 0/1/2). With the study's decay, US
+    reaches 0.94/0.93/0.93 against ERM's 0.65/0.67/0.74 under the same recipe."""
+    erm = run_method(tmp_path, "erm", *STUDY_RECIPE)
+    result = run_method(tmp_path, "us", f"train.epochs={EPOCHS * 8}", *STUDY_RECIPE)
+    gain = result["fairness"]["worst_group_accuracy"] - erm["fairness"]["worst_group_accuracy"]
+    assert gain >= 0.1, (result["fairness"], erm["fairness"])
     assert result["fairness"]["accuracy_gap"] <= 0.5 * erm["fairness"]["accuracy_gap"]
 
 

@@ -36,7 +36,12 @@ class _CellResampling(Method):
 
 
 class Undersampling(_CellResampling):
-    """Balance the (target, group) cells by undersampling to the smallest cell."""
+    """Balance the (target, group) cells by undersampling to the smallest cell.
+
+    The balanced set is small (``cells x min_g n_g`` samples), so US needs many more epochs than
+    ERM (the study: 2000 on CIFAR-10S) and a decaying learning rate, without which the last
+    epoch's weights are noisy; ``examples/us.json`` gives it ERM's number of steps and the study's
+    decay."""
 
     mode = "us"
     description = "undersample every (target, group) cell to the smallest one"
