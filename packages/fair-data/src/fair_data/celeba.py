@@ -20,10 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .images import STORE_HELP, ImageStoreKind, open_store, require
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 class CelebAParams(BaseModel):

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .celeba import IMAGENET, read_attributes, value_names
-from .images import STORE_HELP, ImageStoreKind, open_store, require
+from .celeba import read_attributes, value_names
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
 
 # First original CelebA index of the val and test partitions (list_eval_partition.txt).
 CELEBA_VAL_START, CELEBA_TEST_START = 162_770, 182_637

@@ -24,8 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .celeba import IMAGENET
-from .images import STORE_HELP, ImageStoreKind, open_store, require
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
 
 RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
 GENDERS = ("Male", "Female")

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .celeba import IMAGENET
-from .images import decode, to_tensor
+from .images import IMAGENET, decode, to_tensor
 
 
 class HFParams(BaseModel):

@@ -24,6 +24,7 @@ from fair_core import FairError
 
 COLOR_VALUES = ("colour", "grayscale")  # value names of a colour-vs-grayscale protected attribute
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma weights (PIL's "L" mode)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # mean, std of ImageNet-pretrained backbones
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ImageStoreKind = Literal["auto", "folder", "zip", "zip_in_memory"]
 STORE_HELP = ("where images are read from: auto (the folder, else its zip), folder, zip (read from disk per image) "

@@ -25,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .celeba import IMAGENET
-from .images import STORE_HELP, ImageStoreKind, open_store
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store
 
 NAME = re.compile(r"^(\d+)_([01])_([0-4])_(\d+)\.jpg(\.chip\.jpg)?$")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
