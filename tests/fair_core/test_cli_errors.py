@@ -73,7 +73,7 @@ def test_schema_is_valid_json_schema_of_the_spec():
     result = fair("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
-    assert set(schema["properties"]) == {"data", "model", "method", "train", "eval", "output_dir", "hub"}
+    assert set(schema["properties"]) == {"data", "model", "method", "train", "eval", "output_dir", "hub", "task"}
     assert schema["additionalProperties"] is False
 
 

@@ -9,10 +9,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .plugins import get_registry
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+from .tasks.base import SIZE_KEYS
 
 
 def _method_facts(config: dict[str, Any]) -> tuple[str, str, str]:
@@ -22,15 +19,22 @@ def _method_facts(config: dict[str, Any]) -> tuple[str, str, str]:
     return (getattr(cls, "description", "") or "", getattr(cls, "paper", "") or "", getattr(cls, "stage", "") or "")
 
 
-def _eval_results(config: dict[str, Any], metrics: dict[str, Any]) -> list[EvalResult]:
+def _task(config: dict[str, Any]):
+    """The installed task of the model (classification for configs written before tasks)."""
+    from .hub import _task_section
+
+    return get_registry().get("tasks", _task_section(config)["name"], "config.json task.name").obj()
+
+
+def _eval_results(config: dict[str, Any], metrics: dict[str, Any], task_type: str) -> list[EvalResult]:
     data = metrics.get("data", {})
     results = []
     for section in ("overall", "fairness"):
         for name, value in metrics.get(section, {}).items():
-            if name == "n" or value is None:
+            if name in SIZE_KEYS or value is None:
                 continue
             results.append(EvalResult(
-                task_type="image-classification", dataset_type=config["data"]["name"], dataset_name=config["data"]["name"],
+                task_type=task_type, dataset_type=config["data"]["name"], dataset_name=config["data"]["name"],
                 dataset_split=data.get("split"), metric_type=name, metric_name=name, metric_value=round(value, 6),
             ))
     return results
@@ -38,23 +42,26 @@ def _eval_results(config: dict[str, Any], metrics: dict[str, Any]) -> list[EvalR
 
 def model_card(config: dict[str, Any], metrics: dict[str, Any] | None, repo_id: str | None = None) -> ModelCard:
     method, data = config["method"], config["data"]
+    task = _task(config)
     description, paper, stage = _method_facts(config)
     name = repo_id or f"{method['name']}-{data['name']}-{config['model']['name']}"
     card_data = ModelCardData(
         library_name="fair",
-        pipeline_tag="image-classification",
-        tags=["fairness", "image-classification", f"fair-method-{method['name']}", f"dataset-{data['name']}"],
+        pipeline_tag=task.pipeline_tag or None,
+        tags=["fairness", *([task.pipeline_tag] if task.pipeline_tag else []), f"fair-task-{task.name}",
+              f"fair-method-{method['name']}", f"dataset-{data['name']}"],
         datasets=[data["name"]],
         model_name=name,
-        eval_results=_eval_results(config, metrics) if metrics else None,
+        eval_results=_eval_results(config, metrics, task.pipeline_tag or task.name) if metrics else None,
     )
+    noun = task.model_noun
     lines = [
         f"# {name}",
         "",
-        f"An image classifier (`{config['model']['name']}`) trained with the fairness method **{method['name']}**"
-        + (f" ({stage})" if stage else "")
-        + f" on **{data['name']}** to predict `{data['target']}`, evaluated across the protected attribute(s) "
-        + ", ".join(f"`{s}`" for s in data["sensitive"]) + ". Made with the fair toolkit.",
+        f"{'An' if noun[0] in 'aeiou' else 'A'} {noun} (`{config['model']['name']}`) trained with the fairness method "
+        f"**{method['name']}**" + (f" ({stage})" if stage else "")
+        + f" on **{data['name']}**{task.card_target(data)}, evaluated across the protected attribute(s) "
+        + (", ".join(f"`{s}`" for s in data["sensitive"]) or "(none: by class only)") + ". Made with the fair toolkit.",
         "",
         "## Method",
         "",
@@ -64,28 +71,9 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any] | None, repo_id: 
         "",
     ]
     if metrics:
-        confidence = metrics.get("confidence")
-        interval_title = f"{round(confidence * 100)}% CI" if confidence else "CI"
         split = metrics.get("data", {}).get("split", "test")
-        lines += [f"## Evaluation ({split} split, n = {metrics['overall'].get('n', '?')})", "",
-                  f"| metric | value | {interval_title} |", "|---|---:|---:|"]
-        for section in ("overall", "fairness"):
-            for metric, value in metrics.get(section, {}).items():
-                if metric == "n":
-                    continue
-                ci = metrics.get("intervals", {}).get(metric)
-                lines.append(f"| {metric} | {_fmt(value)} | {f'[{_fmt(ci[0])}, {_fmt(ci[1])}]' if ci else ''} |")
-        lines += ["", "### Accuracy by group", "", "| group | n | accuracy |", "|---|---:|---:|"]
-        lines += [f"| {g['group']} | {g['n']} | {_fmt(g['accuracy'])} |" for g in metrics.get("groups", [])]
-        lines += ["", "`deo` is the equal-opportunity difference (TPR gap), `eod` the equalized-odds difference "
-                  "(max of TPR and FPR gaps), `aaod` their average, `spd` the statistical parity difference; "
-                  "confidence intervals are percentile bootstrap intervals.", ""]
-    lines += [
-        "## Use", "", "```python", "from fair_core import from_pretrained", "",
-        f'model = from_pretrained("{repo_id or "path/to/this/folder"}")',
-        "labels = model.predict(images)  # float tensor (N, 3, H, W) in [0, 1]",
-        f"# classes: {list(data['class_names'])}", "```", "",
-    ]
+        lines += [f"## Evaluation ({split} split, n = {metrics['overall'].get('n', '?')})", "", *task.card_lines(metrics), ""]
+    lines += ["## Use", "", "```python", *task.usage_lines(repo_id or "path/to/this/folder", config), "```", ""]
     if metrics and "spec" in metrics:
         lines += ["## Training spec", "", "```json", json.dumps(metrics["spec"], indent=2), "```", ""]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))

@@ -35,30 +35,13 @@ def main(
     """Fairness methods for image models."""
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def print_result(result: dict) -> None:
-    table = Table(title=f"{result['spec']['method']['name']} on {result['data']['dataset']} "
-                        f"({result['data']['split']}): accuracy by group")
-    table.add_column("group")
-    table.add_column("n", justify="right")
-    table.add_column("accuracy", justify="right")
-    for row in result["groups"]:
-        table.add_row(row["group"], str(row["n"]), _fmt(row["accuracy"]))
-    console.print(table)
-    summary = Table(title="overall and fairness")
-    summary.add_column("metric")
-    summary.add_column("value", justify="right")
-    summary.add_column(f"{int(result.get('confidence', 0.95) * 100)}% CI", justify="right")
-    for section in ("overall", "fairness"):
-        for name, value in result[section].items():
-            if name == "n":
-                continue
-            ci = result.get("intervals", {}).get(name)
-            summary.add_row(name, _fmt(value), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
-    console.print(summary)
+    """The tables of the run's task: by group (and by class), then the metrics."""
+    from .plugins import get_registry
+
+    task = get_registry().get("tasks", result.get("task", "classification"), "metrics.json task").obj()
+    for table in task.console_tables(result):
+        console.print(table)
 
 
 @app.command()
@@ -87,20 +70,32 @@ def run(
 
 @app.command("list")
 def list_plugins() -> None:
-    """List installed methods, datasets, models and metrics, with the package of each."""
+    """List installed tasks, methods, datasets, models and metrics, with the package and the tasks of each."""
     from .plugins import KINDS, get_registry
 
     registry = get_registry()
     table = Table(title="fair plugins")
-    for column in ("kind", "name", "package", "version", "description"):
+    for column in ("kind", "name", "package", "version", "tasks", "description"):
         table.add_column(column)
     for kind in KINDS:
-        for entry in (registry.entries[kind][n] for n in registry.names(kind)):
+        entries = [registry.entries[kind][n] for n in registry.names(kind)]
+        if kind == "metrics":  # listed by task
+            entries.sort(key=lambda e: (e.obj.task != "classification", e.obj.task))
+        for entry in entries:
             description = getattr(entry.obj, "description", "") or ""
-            table.add_row(kind[:-1], entry.name, entry.package, entry.version, description)
+            table.add_row(kind[:-1], entry.name, entry.package, entry.version, _tasks_of(kind, entry.obj), description)
     console.print(table)
     for warning in registry.warnings:
         errors.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _tasks_of(kind: str, obj) -> str:
+    if kind == "tasks":
+        return ""
+    if kind == "metrics":
+        return obj.task
+    tasks = getattr(obj, "tasks", ())
+    return "any" if "*" in tasks else ", ".join(tasks)
 
 
 @app.command()
@@ -119,7 +114,7 @@ def compare(run_dirs: Annotated[list[Path], typer.Argument(help="run output fold
     header, rows = comparison_rows(run_dirs)
     table = Table(title="runs")
     for column in header:
-        table.add_column(column, justify="left" if column in {"run", "method", "dataset"} else "right")
+        table.add_column(column, justify="left" if column in {"run", "task", "method", "dataset"} else "right")
     for row in rows:
         table.add_row(*row)
     console.print(table)

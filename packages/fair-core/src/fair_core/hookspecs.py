@@ -33,3 +33,8 @@ def fair_register_models(register):
 @hookspec
 def fair_register_metrics(register):
     """Register metrics: ``register("spd", Metric(...))`` with a ``fair_core.metrics.Metric``."""
+
+
+@hookspec
+def fair_register_tasks(register):
+    """Register tasks: ``register("segmentation", SegmentationTask)`` with a ``fair_core.tasks.Task`` subclass."""

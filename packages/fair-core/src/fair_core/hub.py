@@ -39,6 +39,7 @@ def model_config(run: ResolvedRun, info: DataInfo) -> dict[str, Any]:
     spec = run.spec
     return {
         "fair_version": __version__,
+        "task": {"name": run.task.name, "package": run.packages["task"]},
         "model": {"name": spec.model.name, "params": spec.model.params, "package": run.packages["model"]},
         "method": {"name": spec.method.name, "params": run.method_params.model_dump(mode="json"),
                    "package": run.packages["method"]},
@@ -49,6 +50,7 @@ def model_config(run: ResolvedRun, info: DataInfo) -> dict[str, Any]:
                  "sensitive_values": {k: list(v) for k, v in info.sensitive_values.items()}},
         "preprocessing": {"image_size": info.preprocessing.image_size, "mean": list(info.preprocessing.mean),
                           "std": list(info.preprocessing.std)},
+        **run.task.model_config(info),
     }
 
 
@@ -72,13 +74,21 @@ def _lookup(kind: str, section: dict[str, Any]):
     return registry.get(kind, name, f"config.json {kind[:-1]}.name").obj
 
 
-class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness", "image-classification"],
-                pipeline_tag="image-classification"):
+def _task_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's task (configs written before tasks existed are classifiers)."""
+    task = config.get("task") or {"name": "classification", "package": "fair-core"}
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+        raise FairError("config.json: task must be an object with a name")
+    return task
+
+
+class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness"]):
     """A trained model with its fairness method's inference rule and its preprocessing.
 
-    ``model.predict(images)`` takes a float tensor ``(N, 3, H, W)`` in [0, 1] (any size: it is
-    resized) and returns class indices; ``model.predict_proba(images)`` class probabilities;
-    ``model.class_names`` and ``model.group_names`` name them.
+    :func:`from_pretrained` returns the model class of the config's task: a classifier
+    (``predict``), a face embedder (``embed``) or a segmenter (``segment``); each takes a float
+    tensor ``(N, 3, H, W)`` in [0, 1] of any size. ``class_names`` and ``group_names`` name the
+    classes (identities of the training set for face models) and the protected groups.
     """
 
     def __init__(self, config: dict[str, Any], metrics: dict[str, Any] | None = None):
@@ -86,17 +96,19 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness",
         if not isinstance(config, dict) or "model" not in config or "method" not in config:
             raise FairError("config.json: not a fair model config (needs model, method, num_classes, data)")
         self.fair_config, self.metrics = config, metrics
+        self.task = _task_section(config)["name"]
         data, prep = config["data"], config["preprocessing"]
         self.preprocessing = Preprocessing(prep["image_size"], tuple(prep["mean"]), tuple(prep["std"]))
         self.info = DataInfo(
             dataset=data["name"], target=data["target"], sensitive=tuple(data["sensitive"]),
             class_names=tuple(data["class_names"]), group_names=tuple(data["group_names"]),
             sensitive_values={k: tuple(v) for k, v in data.get("sensitive_values", {}).items()},
-            preprocessing=self.preprocessing,
+            preprocessing=self.preprocessing, ignore_index=config.get("ignore_index", 255),
         )
         builder_cls, method_cls = _lookup("models", config["model"]), _lookup("methods", config["method"])
         builder = builder_cls(builder_cls.Params.model_validate(config["model"]["params"]))
-        self.method = method_cls(method_cls.Params.model_validate(config["method"]["params"]), self.info)
+        task = _lookup("tasks", _task_section(config))()
+        self.method = method_cls(method_cls.Params.model_validate(config["method"]["params"]), self.info, task)
         self.network = self.method.build_model(builder.build(config["num_classes"]))
         self._hub_mixin_config = config
 
@@ -109,7 +121,7 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness",
         return self.info.group_names
 
     def forward(self, images: Tensor) -> Tensor:
-        """Class scores of already preprocessed images."""
+        """The method's output (class scores, per-pixel scores) on already preprocessed images."""
         return self.method.predict(self.network, images)
 
     def preprocess(self, images: Tensor) -> Tensor:
@@ -120,16 +132,15 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness",
         return self.preprocessing.normalize(images)
 
     @torch.no_grad()
-    def predict_proba(self, images: Tensor) -> Tensor:
+    def _infer(self, images: Tensor, run) -> Tensor:
+        """``run(preprocessed images)`` in eval mode on the model's device (the mode is restored)."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        probs = torch.softmax(self(self.preprocess(images.to(device).float())), dim=1)
-        self.train(was_training)
-        return probs
-
-    def predict(self, images: Tensor) -> Tensor:
-        return self.predict_proba(images).argmax(dim=1)
+        try:
+            return run(self.preprocess(images.to(device).float()))
+        finally:
+            self.train(was_training)
 
     # ------------------------------------------------------------------ ModelHubMixin
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -171,7 +182,7 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness",
                 raise FairError(f"{config_path}: unreadable config.json: {exc.msg}") from None
         metrics_path = fetch(METRICS, required=False)
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path else None
-        model = cls(config, metrics)
+        model = _model_class(cls, config)(config, metrics)
         weights = fetch(WEIGHTS)
         try:
             missing, unexpected = load_model(model.network, str(weights), strict=False)
@@ -183,8 +194,22 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness",
         return model.eval()
 
 
+def _model_class(requested: type[FairModel], config: dict[str, Any]) -> type[FairModel]:
+    """The model class of the config's task (its ``model_class``), checked against the class
+    ``from_pretrained`` was called on."""
+    if not isinstance(config, dict):
+        raise FairError("config.json: not a fair model config (needs model, method, num_classes, data)")
+    task_name = _task_section(config)["name"]
+    model_class = _lookup("tasks", _task_section(config)).model_class
+    if not issubclass(model_class, requested):
+        raise FairError(f"config.json: a {task_name} model; {requested.__name__}.from_pretrained cannot load it "
+                        f"(use fair_core.from_pretrained)")
+    return model_class
+
+
 def from_pretrained(name_or_path: str | Path, **kwargs: Any) -> FairModel:
-    """Load a fair model from a Hub repo id (``org/name``) or a local folder, in eval mode.
+    """Load a fair model from a Hub repo id (``org/name``) or a local folder, in eval mode: a
+    classifier, face embedder or segmenter, as the model's task says.
 
     With ``HF_HUB_OFFLINE=1`` only the local cache and folders are used."""
     try:

@@ -9,9 +9,13 @@ hooks, each with a plain default, so that ``ERM`` is the base class with nothing
 * set-up: :meth:`Method.setup` (extra loaders, auxiliary networks);
 * training: :meth:`Method.training_step` (by default: :meth:`Method.compute_loss`, backward, step);
   :meth:`Method.on_epoch_start` / :meth:`Method.on_epoch_end`;
-* inference: :meth:`Method.predict` turns the model's output into class scores;
+* inference: :meth:`Method.predict` turns the model's output into class scores (per pixel for
+  segmentation), :meth:`Method.embed` gives the embeddings of face verification;
 * post-processing: :meth:`Method.post_train` runs once after the last epoch (fine-tune a layer,
   learn an input perturbation, ...).
+
+A method declares the tasks it supports (``tasks``; ``"*"`` for any task); its default loss is
+the task's (:meth:`fair_core.tasks.Task.loss`), so the base class is ERM for every task.
 
 Whatever a method adds to the model must be an ``nn.Module`` attribute of what ``build_model``
 returns: its weights are then saved, resumed and reloaded with the rest. Other state that must
@@ -24,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor, nn
 
@@ -32,6 +35,9 @@ from .data import DataInfo, FairDataset, NoParams
 
 if TYPE_CHECKING:
     from .runner import Trainer
+    from .tasks import Task
+
+ANY_TASK = "*"
 
 
 @dataclass
@@ -51,9 +57,17 @@ class Method:
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
     ddp_find_unused_parameters: ClassVar[bool] = False  # True when a step leaves some parameters unused
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks it supports; ("*",): any
 
-    def __init__(self, params: BaseModel, info: DataInfo):
+    def __init__(self, params: BaseModel, info: DataInfo, task: Task | None = None):
+        from .tasks import ClassificationTask
+
         self.params, self.info = params, info
+        self.task = task if task is not None else ClassificationTask()
+
+    @classmethod
+    def supports(cls, task: str) -> bool:
+        return ANY_TASK in cls.tasks or task in cls.tasks
 
     # ------------------------------------------------------------------ pre-processing
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
@@ -76,8 +90,9 @@ class Method:
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Cross-entropy of the model's logits on the batch's targets."""
-        return F.cross_entropy(model(batch["image"]), batch["target"])
+        """The task's default loss on the model's output (classification: cross-entropy of the
+        logits on the batch's targets)."""
+        return self.task.loss(model(batch["image"]), batch, self.info)
 
     def training_step(self, model: nn.Module, batch: dict[str, Tensor], trainer: Trainer) -> dict[str, Any]:
         """One optimisation step; returns what to log (must include ``loss``)."""
@@ -97,8 +112,12 @@ class Method:
 
     # ------------------------------------------------------------------ inference
     def predict(self, model: nn.Module, images: Tensor) -> Tensor:
-        """Class scores ``(N, C)`` (the argmax is the prediction)."""
+        """Class scores ``(N, C)``, or ``(N, K, h, w)`` per pixel (the argmax is the prediction)."""
         return model(images)
+
+    def embed(self, model: nn.Module, images: Tensor) -> Tensor:
+        """Verification: the embeddings ``(N, D)`` of images (normalised by the task)."""
+        return model.features(images)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

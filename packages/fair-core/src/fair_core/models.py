@@ -1,8 +1,12 @@
-"""Backbones: the interface model plugins implement, and core's built-in classifiers.
+"""Backbones: the interface model plugins implement, and core's built-in models.
 
-Every model is a :class:`Classifier`: an ``encoder`` that maps images to a ``feature_dim``
-vector and a linear ``head``. Methods that need features (contrastive, adversarial, mimicking)
-call :meth:`Classifier.features`; methods that need other heads add them around it.
+A classification or verification model is a :class:`Classifier`: an ``encoder`` that maps images
+to a ``feature_dim`` vector (the embedding, for face verification) and a linear ``head`` (the
+classes, or the training identities). Methods that need features (contrastive, adversarial,
+mimicking) call :meth:`Classifier.features`; methods that need other heads add them around it.
+A segmentation model is a :class:`Segmenter`: an ``encoder`` (backbone and neck) that maps images
+to feature maps and a ``head`` that decodes them into per-pixel logits. A builder declares the
+``tasks`` its models serve.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -36,18 +41,37 @@ class Classifier(nn.Module):
         return (logits, features) if with_features else logits
 
 
+class Segmenter(nn.Module):
+    """``encoder`` (images -> feature maps) followed by a decode ``head`` (features -> logits
+    ``(N, K, h, w)``, at any resolution: the segmentation task resizes them to the mask)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder, self.head, self.num_classes = encoder, head, num_classes
+
+    def features(self, images: Tensor):
+        return self.encoder(images)
+
+    def forward(self, images: Tensor, with_features: bool = False):
+        features = self.features(images)
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
+
+
 class ModelBuilder(ABC):
-    """Base class of model plugins: ``Params`` (pydantic) and :meth:`build`."""
+    """Base class of model plugins: ``Params`` (pydantic), the ``tasks`` it serves, and :meth:`build`."""
 
     Params: ClassVar[type[BaseModel]]
     description: ClassVar[str] = ""
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "verification")
 
     def __init__(self, params: BaseModel):
         self.params = params
 
     @abstractmethod
-    def build(self, num_classes: int) -> Classifier:
-        """A freshly initialised (or pretrained, if asked) classifier with ``num_classes`` outputs."""
+    def build(self, num_classes: int) -> nn.Module:
+        """A freshly initialised (or pretrained, if asked) model with ``num_classes`` outputs
+        (a :class:`Classifier`, or a :class:`Segmenter` for segmentation)."""
 
 
 # --------------------------------------------------------------------------- small_cnn
@@ -75,6 +99,62 @@ class SmallCNN(ModelBuilder):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         return Classifier(encoder, 4 * w, num_classes)
+
+
+# --------------------------------------------------------------------------- small_encoder_decoder
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _SmallEncoder(nn.Module):
+    """Three stages at strides 1, 2 and 4; returns the three feature maps."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.stages = nn.ModuleList([_conv_block(3, width), _conv_block(width, 2 * width), _conv_block(2 * width, 4 * width)])
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        maps, x = [], images
+        for i, stage in enumerate(self.stages):
+            x = stage(nn.functional.max_pool2d(x, 2) if i else x)
+            maps.append(x)
+        return maps
+
+
+class _SmallDecoder(nn.Module):
+    """U-Net-style decoder: upsample, concatenate the skip connection, convolve; 1x1 classifier."""
+
+    def __init__(self, width: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.up = nn.ModuleList([_conv_block(6 * width, 2 * width), _conv_block(3 * width, width)])
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        x = maps[-1]
+        for block, skip in zip(self.up, reversed(maps[:-1]), strict=True):
+            x = nn.functional.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return self.classifier(self.dropout(x))
+
+
+class SmallEncoderDecoderParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(16, ge=4, le=256, description="channels of the first stage (doubled at each of the two others)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the classifier, as mmseg's decode heads")
+
+
+class SmallEncoderDecoder(ModelBuilder):
+    """A small U-Net (3 stages down, 2 up with skip connections): fast on CPU, for tests and demos."""
+
+    Params = SmallEncoderDecoderParams
+    description = "small U-Net-style encoder-decoder for segmentation (tests, demos)"
+    tasks = ("segmentation",)
+
+    def build(self, num_classes: int) -> Segmenter:
+        w = self.params.width
+        return Segmenter(_SmallEncoder(w), _SmallDecoder(w, num_classes, self.params.dropout), num_classes)
 
 
 # --------------------------------------------------------------------------- torchvision ResNets
@@ -150,4 +230,6 @@ class ResNet50(_TorchvisionResNet):
     description = "torchvision ResNet-50"
 
 
-BUILTIN_MODELS: dict[str, type[ModelBuilder]] = {"small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50}
+BUILTIN_MODELS: dict[str, type[ModelBuilder]] = {
+    "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "small_encoder_decoder": SmallEncoderDecoder,
+}

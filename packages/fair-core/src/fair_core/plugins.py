@@ -1,6 +1,6 @@
 """Plugin discovery: pluggy + the ``fair`` entry-point group.
 
-Built-in plugins of fair-core (backbones and metrics) are registered explicitly; every other
+Built-in plugins of fair-core (tasks, backbones and metrics) are registered explicitly; every other
 package registers through its distribution's ``fair`` entry points. A plugin that fails to
 import is recorded as a warning and skipped, so one broken package never breaks the command line.
 The environment variable ``FAIR_PLUGINS`` (comma-separated distribution names) limits which
@@ -18,21 +18,23 @@ from typing import Any
 
 import pluggy
 
-from . import builtins, hookspecs
+from . import hookspecs
 from .errors import FairError
 
 ENTRY_POINT_GROUP = "fair"
 ENV_PLUGINS = "FAIR_PLUGINS"
-KINDS = ("methods", "datasets", "models", "metrics")
-SINGULAR = {"methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric"}
+KINDS = ("tasks", "methods", "datasets", "models", "metrics")
+SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric"}
 
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "methods": {n: "fair-methods" for n in ("erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "mfd", "fdr", "fr", "faap")},
-    "datasets": {n: "fair-data" for n in ("synthetic", "celeba", "utkface", "cifar10s", "celebahq", "fairface", "hf")}
+    "datasets": {n: "fair-data" for n in ("synthetic", "celeba", "utkface", "cifar10s", "celebahq", "fairface", "hf",
+                                          "synthetic_faces", "synthetic_segmentation")}
     | {"rfw": "fair-face"},
-    "models": {n: "fair-face" for n in ("iresnet34", "iresnet50", "iresnet100")},
-    "metrics": {},
+    "models": {n: "fair-face" for n in ("small_embedding_cnn", "iresnet18", "iresnet34", "iresnet50", "iresnet100")},
+    "metrics": {n: "fair-face" for n in ("tpr_at_fpr", "tpr_gap", "worst_group_tpr", "fpr_ratio", "group_tpr", "group_fpr")},
+    "tasks": {},
 }
 
 
@@ -83,7 +85,7 @@ def _normalise(name: str) -> str:
 def _plugin_manager(warnings: list[str]) -> tuple[pluggy.PluginManager, dict[object, tuple[str, str]]]:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
-    from . import __version__
+    from . import __version__, builtins
 
     pm.register(builtins, name="fair-core:builtins")
     provider: dict[object, tuple[str, str]] = {builtins: ("fair-core", __version__)}
@@ -108,6 +110,7 @@ def _plugin_manager(warnings: list[str]) -> tuple[pluggy.PluginManager, dict[obj
 
 def _collect(pm: pluggy.PluginManager, provider: dict[object, tuple[str, str]], registry: Registry) -> None:
     hooks: dict[str, pluggy.HookCaller] = {
+        "tasks": pm.hook.fair_register_tasks,
         "methods": pm.hook.fair_register_methods,
         "datasets": pm.hook.fair_register_datasets,
         "models": pm.hook.fair_register_models,

@@ -78,21 +78,25 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 
 def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per run) of the comparison table."""
+    """Header and rows (one per run) of the comparison table: the union of the runs' overall
+    and fairness metrics (``-`` where a run has none, e.g. runs of different tasks)."""
+    from .tasks.base import SIZE_KEYS
+
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     keys: list[tuple[str, str]] = []
     for _, m in runs:
         for section in ("overall", "fairness"):
             for k in m.get(section, {}):
-                if k != "n" and (section, k) not in keys:
+                if k not in SIZE_KEYS and (section, k) not in keys:
                     keys.append((section, k))
-    header = ["run", "method", "dataset", *(k for _, k in keys)]
+    header = ["run", "task", "method", "dataset", *(k for _, k in keys)]
     rows = []
     for path, m in runs:
         spec = m.get("spec", {})
         values = [m.get(s, {}).get(k) for s, k in keys]
         rows.append([
             path.name,
+            m.get("task", "classification"),
             spec.get("method", {}).get("name", "?"),
             spec.get("data", {}).get("name", "?"),
             *("-" if v is None else f"{v:.4f}" for v in values),

@@ -1,6 +1,8 @@
-"""The one training and evaluation loop every method runs through, on ``accelerate``.
+"""The one training and evaluation loop every method and every task runs through, on ``accelerate``.
 
-The same code runs on a CPU, one GPU, or many processes (``accelerate launch``). Runs are
+The same code runs on a CPU, one GPU, or many processes (``accelerate launch``). What differs
+between classification, verification and segmentation (batches, default loss, what evaluation
+gathers, metrics and outputs) is the run's :class:`~fair_core.tasks.Task`. Runs are
 seeded per epoch (model init, sampling order, dropout, augmentation), so a run resumed from the
 checkpoint of a completed epoch ends exactly where an uninterrupted one does.
 """
@@ -34,11 +36,11 @@ from .data import DatasetBuilder, FairDataset
 from .errors import FairError
 from .hub import model_config, write_model_files
 from .method import Method, TrainingData
-from .metrics import FairnessMetrics, Metric
+from .metrics import Metric
 from .models import ModelBuilder
 from .plugins import Registry, get_registry
-from .report import summarize, write_predictions
 from .spec import RunSpec, validate_params
+from .tasks import Evaluation, Task
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -49,6 +51,7 @@ class ResolvedRun:
     """A spec with every plugin looked up and every ``params`` validated."""
 
     spec: RunSpec
+    task: Task
     dataset: DatasetBuilder
     model: ModelBuilder
     method_cls: type[Method]
@@ -57,22 +60,49 @@ class ResolvedRun:
     packages: dict[str, str]
 
 
+def _supporting(registry: Registry, kind: str, task: str) -> str:
+    """Names of the registered methods or models that support ``task``."""
+    def supports(obj) -> bool:
+        return obj.supports(task) if kind == "methods" else task in obj.tasks
+
+    return ", ".join(n for n in registry.names(kind) if supports(registry.entries[kind][n].obj)) or "none installed"
+
+
 def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
-    """Look up the spec's plugins and validate their params; raises :class:`FairError`."""
+    """Look up the spec's plugins, check that they serve one task, and validate their params;
+    raises :class:`FairError`."""
     registry = registry or get_registry()
     data_entry = registry.get("datasets", spec.data.name, "data.name")
     model_entry = registry.get("models", spec.model.name, "model.name")
     method_entry = registry.get("methods", spec.method.name, "method.name")
     dataset = data_entry.obj(validate_params(data_entry.obj.Params, spec.data.params, "data.params"), spec.data.name)
+    task_name = spec.task or dataset.tasks[0]
+    task_entry = registry.get("tasks", task_name, "task")
+    if task_name not in dataset.tasks:
+        raise FairError(f"task: the dataset {spec.data.name} serves the {' and '.join(dataset.tasks)} task, not {task_name}")
+    if not method_entry.obj.supports(task_name):
+        raise FairError(f"method.name: {spec.method.name} supports the {', '.join(method_entry.obj.tasks)} task, "
+                        f"not {task_name}; methods for {task_name}: {_supporting(registry, 'methods', task_name)}")
+    if task_name not in model_entry.obj.tasks:
+        raise FairError(f"model.name: {spec.model.name} is a model for the {' and '.join(model_entry.obj.tasks)} task, "
+                        f"not {task_name}; models for {task_name}: {_supporting(registry, 'models', task_name)}")
+    task = task_entry.obj(validate_params(task_entry.obj.EvalParams, spec.eval.params, "eval.params"))
     model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
     method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
     for field_name, split in (("data.train_split", spec.data.train_split), ("eval.split", spec.eval.split)):
         if split not in dataset.splits:
             raise FairError(f"{field_name}: unknown split {split!r} for {spec.data.name}; available: {', '.join(dataset.splits)}")
-    names = spec.eval.metrics if spec.eval.metrics is not None else registry.names("metrics")
-    metrics = [registry.get("metrics", n, "eval.metrics").obj for n in names]
-    packages = {"data": data_entry.package, "model": model_entry.package, "method": method_entry.package}
-    return ResolvedRun(spec, dataset, model, method_entry.obj, method_params, metrics, packages)
+    task_metrics = [n for n in registry.names("metrics") if registry.entries["metrics"][n].obj.task == task_name]
+    metrics = []
+    for name in spec.eval.metrics if spec.eval.metrics is not None else task_metrics:
+        metric = registry.get("metrics", name, "eval.metrics").obj
+        if metric.task != task_name:
+            raise FairError(f"eval.metrics: {name!r} is a {metric.task} metric; {task_name} metrics: "
+                            f"{', '.join(task_metrics) or 'none installed'}")
+        metrics.append(metric)
+    packages = {"task": task_entry.package, "data": data_entry.package, "model": model_entry.package,
+                "method": method_entry.package}
+    return ResolvedRun(spec, task, dataset, model, method_entry.obj, method_params, metrics, packages)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -181,10 +211,6 @@ def _check_writable(directory: Path) -> None:
         raise FairError(f"output_dir: cannot write to {directory}: {exc.strerror or exc}") from None
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
-    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
-
-
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically; a failed write (disk full, permissions) keeps the previous one."""
     try:
@@ -231,7 +257,7 @@ class Trainer:
         sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle)
         loader = DataLoader(
             dataset, batch_size=batch_size or self.spec.train.batch_size, sampler=sampler,
-            num_workers=self.spec.train.num_workers, collate_fn=_collate,
+            num_workers=self.spec.train.num_workers, collate_fn=self.run_spec.task.collate,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.spec.train.num_workers > 0,
         )
         prepared = self.accelerator.prepare(loader)
@@ -250,11 +276,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        spec, run = self.spec, self.run_spec
+        spec, run, task = self.spec, self.run_spec, self.run_spec.task
         seed_everything(spec.train.seed)
         data = spec.data
-        train_set = run.dataset.load(data.train_split, data.target, data.sensitive, train=True)
-        eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False)
+        train_set = run.dataset.load(data.train_split, data.target, data.sensitive, train=True, task=task)
+        eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False, task=task)
         info = train_set.info
         _check_writable(self.output_dir)
 
@@ -280,7 +306,7 @@ class Trainer:
         accelerator.init_trackers("fair", config=_flat_config(spec))
         self._loaders: list[DataLoader] = []
 
-        method = run.method_cls(run.method_params, info)
+        method = run.method_cls(run.method_params, info, task)
         training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
         model = method.build_model(run.model.build(info.num_classes))
         self.optimizers = method.configure_optimizers(model, self.make_optimizer)
@@ -353,22 +379,21 @@ class Trainer:
             method.post_train(model, self)
             save(spec.train.epochs - 1, post_trained=True)
 
-        counts, index, scores = self.evaluate(method, model, eval_set)
+        evaluation = self.evaluate(method, model, eval_set)
         result: dict[str, Any] = {}
         if accelerator.is_main_process:
             result = {
                 "spec": spec.model_dump(mode="json"),
-                "data": {"dataset": info.dataset, "split": spec.eval.split, "target": info.target,
-                         "sensitive": list(info.sensitive), "classes": list(info.class_names),
-                         "groups": list(info.group_names)},
-                **summarize(counts, info, run.metrics, spec.eval.bootstrap, spec.eval.confidence, spec.train.seed),
+                "task": task.name,
+                "data": task.data_section(info, eval_set.info, spec.eval.split),
+                **task.summarize(evaluation, run.metrics, spec.eval, spec.train.seed),
                 "timing": {"epochs_timed": epochs_run,
                            "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None},
                 "packages": run.packages,
                 "fair_version": __version__,
             }
             try:
-                self._write_outputs(accelerator.unwrap_model(model), method, info, eval_set, index, scores, result)
+                self._write_outputs(accelerator.unwrap_model(model), info, evaluation, result)
             except OSError as exc:
                 raise FairError(f"cannot write the results to {self.output_dir}: {exc.strerror or exc}") from None
         accelerator.log({f"eval/{k}": v for k, v in result.get("fairness", {}).items() if v is not None})
@@ -377,27 +402,24 @@ class Trainer:
         return result
 
     @torch.no_grad()
-    def evaluate(self, method: Method, model: nn.Module, dataset: FairDataset) -> tuple[Tensor, Tensor, Tensor]:
-        """Scores of every sample of ``dataset`` (gathered from all processes, padding dropped)."""
-        accelerator = self.accelerator
+    def evaluate(self, method: Method, model: nn.Module, dataset: FairDataset) -> Evaluation:
+        """The task's evaluation of every sample of ``dataset``: each process runs its share of
+        the batches, and what the task gathers is gathered from all processes, padding dropped."""
+        accelerator, task = self.accelerator, self.run_spec.task
         loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
-                                                num_workers=self.spec.train.num_workers, collate_fn=_collate,
+                                                num_workers=self.spec.train.num_workers, collate_fn=task.collate,
                                                 pin_memory=torch.cuda.is_available()))
         model.eval()
-        parts: list[tuple[Tensor, ...]] = []
+        evaluation = task.evaluation(dataset)
         for batch in tqdm(loader, desc="evaluate", leave=False,
                           disable=None if accelerator.is_local_main_process else True):
-            scores = method.predict(model, batch["image"]).float()
-            parts.append(accelerator.gather_for_metrics((scores, batch["target"], batch["group"], batch["index"])))
-        scores, targets, groups, index = (torch.cat(p).cpu() for p in zip(*parts, strict=True))
-        metric_state = FairnessMetrics(dataset.info.num_classes, dataset.info.num_groups)
-        metric_state.update(scores, targets, groups)
-        return metric_state.counts, index, scores
+            evaluation.update(accelerator.gather_for_metrics(evaluation.outputs(method, model, batch)))
+        return evaluation
 
-    def _write_outputs(self, model: nn.Module, method: Method, info, eval_set, index, scores, result) -> None:
+    def _write_outputs(self, model: nn.Module, info, evaluation: Evaluation, result) -> None:
         out = self.output_dir
         write_model_files(out, model, model_config(self.run_spec, info))
-        write_predictions(out / "predictions.csv", eval_set, index, scores)
+        self.run_spec.task.write_outputs(out, evaluation)
         write_text(out / "metrics.json", json.dumps(result, indent=2))
 
 

@@ -2,7 +2,7 @@
 
 Every section forbids unknown keys. The ``params`` of the data, model and method sections are
 checked against the chosen plugin's own ``Params`` model by :func:`resolve`, so an error names the
-full path (``method.params.alpha``). Every problem becomes one :class:`FairError` line.
+full path (``method.params.alpha``); ``eval.params`` against the task's ``EvalParams``. Every problem becomes one :class:`FairError` line.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class EvalSpec(_Section):
     batch_size: int = Field(256, ge=1)
     bootstrap: int = Field(1000, ge=0, description="bootstrap replicates for confidence intervals (0: none)")
     confidence: float = Field(0.95, gt=0, lt=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the task's own evaluation parameters "
+                                   "(verification: flip, fpr, block_size; segmentation: per_image)")
 
 
 class HubSpec(_Section):
@@ -94,6 +96,8 @@ class RunSpec(_Section):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output_dir: str = Field("runs/default", description="where the run writes its outputs")
     hub: HubSpec = Field(default_factory=HubSpec)
+    task: str | None = Field(None, description="registered task: classification, verification, segmentation, ... "
+                             "(see `fair list`); the dataset's own task when omitted")
 
 
 # --------------------------------------------------------------------------- error messages

@@ -1,4 +1,4 @@
-"""Fairness metrics over (predictions, targets, groups).
+"""Classification fairness metrics over (predictions, targets, groups).
 
 Every metric here is a function of one summable tensor, the *group confusion counts*
 ``counts[g, y, p]`` = number of samples of group ``g`` with target ``y`` predicted as ``p``
@@ -27,13 +27,13 @@ equalized-odds difference).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .metric import Metric
+
 __all__ = [
-    "Metric",
     "FairnessMetrics",
     "group_confusion",
     "intersect_groups",
@@ -256,20 +256,7 @@ def bootstrap_confidence_interval(
     return (lo.item(), hi.item())
 
 
-# --------------------------------------------------------------------------- registry objects
-@dataclass(frozen=True)
-class Metric:
-    """A named metric over group confusion counts, as registered by a ``fair`` plugin.
-
-    ``section`` says where ``metrics.json`` reports it (``overall`` or ``fairness``)."""
-
-    name: str
-    compute: Callable[[Tensor], Tensor]
-    section: str = "fairness"
-    higher_is_better: bool = False
-    description: str = ""
-
-
+# --------------------------------------------------------------------------- registered metrics
 BUILTIN_METRICS: tuple[Metric, ...] = (
     Metric("accuracy", accuracy, "overall", True, "fraction of correct predictions"),
     Metric("balanced_accuracy", balanced_accuracy, "overall", True, "mean recall over classes"),
