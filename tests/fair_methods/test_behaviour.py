@@ -6,7 +6,10 @@ bench/methods_synthetic.py and the issue notes).
 
 US trains on ~10x fewer images, so it gets ERM's number of optimisation steps (8x the epochs),
 and its recipe (examples/us.json) is the study's: weight decay 1e-4 and the learning rate x0.1 at
-1/3 and 2/3 of the epochs. It is compared with ERM trained with that same recipe.
+1/3 and 2/3 of the epochs. It is compared with ERM trained with that same recipe, and so is DI:
+at a constant learning rate its gain over ERM is within the run-to-run noise of the hardware
+(worst-group +0.01/+0.09 at train seeds 1/2 but -0.02 at seed 0 on one machine, +0.02 or more on
+another), under the study's recipe it is +0.08/+0.13/+0.05 (train seeds 0/1/2, data seed 0).
 """
 
 import json
@@ -35,12 +38,17 @@ def erm(tmp_path_factory):
 STUDY_RECIPE = ("train.weight_decay=1e-4", "train.scheduler=multistep")
 
 
-def test_us_improves_worst_group_accuracy_over_erm_with_the_same_recipe(tmp_path):
+@pytest.fixture(scope="module")
+def erm_study_recipe(tmp_path_factory):
+    return run_method(tmp_path_factory.mktemp("erm_study"), "erm", *STUDY_RECIPE)
+
+
+def test_us_improves_worst_group_accuracy_over_erm_with_the_same_recipe(tmp_path, erm_study_recipe):
     """With a constant learning rate, US's final epoch on its ~400 images is noisy: worst-group
     0.78/0.76/0.88 against ERM's 0.80/0.80/0.77 (train seeds 0/1/2). With the study's decay, US
     reaches 0.94/0.93/0.93 against ERM's 0.65/0.67/0.74 under the same recipe (data seed 0), and
     0.93/0.93 against 0.74/0.74 with data seed = train seed = 1, 2."""
-    baseline = run_method(tmp_path, "erm", *STUDY_RECIPE)
+    baseline = erm_study_recipe
     result = run_method(tmp_path, "us", f"train.epochs={EPOCHS * 8}", *STUDY_RECIPE)
     gain = result["fairness"]["worst_group_accuracy"] - baseline["fairness"]["worst_group_accuracy"]
     assert gain >= 0.1, (result["fairness"], baseline["fairness"])
@@ -50,7 +58,6 @@ def test_us_improves_worst_group_accuracy_over_erm_with_the_same_recipe(tmp_path
 @pytest.mark.parametrize("method,overrides,margin", [
     ("os", [], 0.08),
     ("uw", [], 0.05),
-    ("di", [], 0.02),
     ("bm", ["method.params.final_head_sampling=uw"], 0.03),
     ("bcbb", [], 0.08),
     # FLAC with its synthetic-dataset weighting (examples/flac.json; see the FLAC docstring):
@@ -62,6 +69,13 @@ def test_method_improves_worst_group_accuracy_over_erm(tmp_path, erm, method, ov
     gain = result["fairness"]["worst_group_accuracy"] - erm["fairness"]["worst_group_accuracy"]
     assert gain >= margin, (method, result["fairness"], erm["fairness"])
     assert result["fairness"]["accuracy_gap"] < erm["fairness"]["accuracy_gap"]
+
+
+def test_di_improves_worst_group_accuracy_over_erm_with_the_same_recipe(tmp_path, erm_study_recipe):
+    result = run_method(tmp_path, "di", *STUDY_RECIPE)
+    gain = result["fairness"]["worst_group_accuracy"] - erm_study_recipe["fairness"]["worst_group_accuracy"]
+    assert gain >= 0.03, (result["fairness"], erm_study_recipe["fairness"])
+    assert result["fairness"]["accuracy_gap"] < erm_study_recipe["fairness"]["accuracy_gap"]
 
 
 def domain_accuracy_in_main_epochs(output_dir):

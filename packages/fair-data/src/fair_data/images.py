@@ -52,6 +52,14 @@ def to_grayscale(images: Tensor) -> Tensor:
     return (images * LUMA.view(3, 1, 1)).sum(-3, keepdim=True).expand_as(images)
 
 
+def smooth_patterns(n: int, size: int, generator: torch.Generator, grid: int = 5) -> Tensor:
+    """``n`` smooth random colour patterns ``(n, 3, size, size)`` of unit RMS: Gaussian noise on a
+    ``grid x grid`` lattice, upsampled bicubically (for the synthetic datasets' textures)."""
+    coarse = torch.randn(n, 3, grid, grid, generator=generator)
+    patterns = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return patterns / patterns.pow(2).mean((1, 2, 3), keepdim=True).sqrt()
+
+
 def decode(source, where: str, size: int) -> Tensor:
     """Decode ``source`` (a path or a file object) with errors that name ``where``."""
     try:

@@ -8,12 +8,16 @@ from .cifar10s import CIFAR10S
 from .fairface import FairFace
 from .huggingface import HuggingFace
 from .synthetic import Synthetic
+from .synthetic_faces import SyntheticFaces
+from .synthetic_segmentation import SyntheticSegmentation
 from .utkface import UTKFace
 
 
 @hookimpl
 def fair_register_datasets(register):
     register("synthetic", Synthetic)
+    register("synthetic_faces", SyntheticFaces)
+    register("synthetic_segmentation", SyntheticSegmentation)
     register("celeba", CelebA)
     register("celebahq", CelebAHQ)
     register("utkface", UTKFace)

@@ -47,10 +47,11 @@ class SyntheticParams(BaseModel):
     seed: int = Field(0, description="seed of the data generator (independent of train.seed)")
 
 
-def _shape_masks(shape: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """Boolean masks ``(N, H, W)`` of each sample's shape at a random position and size."""
+def shape_masks(shape: Tensor, size: int, generator: torch.Generator, radius: tuple[float, float] = (0.22, 0.12)) -> Tensor:
+    """Boolean masks ``(N, H, W)`` of each sample's shape (codes into ``SHAPES``) at a random
+    position, with a random radius of ``size * (radius[0] + radius[1] * U(0, 1))``."""
     n = shape.numel()
-    radius = size * (0.22 + 0.12 * torch.rand(n, generator=generator))
+    radius = size * (radius[0] + radius[1] * torch.rand(n, generator=generator))
     margin = radius + 1
     cx = margin + (size - 2 * margin) * torch.rand(n, generator=generator)
     cy = margin + (size - 2 * margin) * torch.rand(n, generator=generator)
@@ -88,7 +89,7 @@ def render(shape: Tensor, grayscale: Tensor, params: SyntheticParams, generator:
     delta = sign * (lo + (hi - lo) * torch.rand(n, 1, generator=generator))
     background = (luminance + params.chroma * u).clamp(0, 1)
     foreground = (luminance + delta - params.chroma * u).clamp(0, 1)
-    mask = _shape_masks(shape, size, generator).unsqueeze(1)
+    mask = shape_masks(shape, size, generator).unsqueeze(1)
     images = torch.where(mask, foreground.view(n, 3, 1, 1), background.view(n, 3, 1, 1))
     images = images + params.noise * torch.randn(images.shape, generator=generator)
     images = torch.where(grayscale.view(n, 1, 1, 1).bool(), to_grayscale(images), images)

@@ -1,3 +1,4 @@
-"""fair-face: face-recognition parts for the fair toolkit (no component implemented yet)."""
+"""fair-face: face-recognition parts for the fair toolkit: embedding backbones and the
+verification metrics at an operating point (group TPR/FPR at a global FPR threshold)."""
 
 __version__ = "0.1.0"
