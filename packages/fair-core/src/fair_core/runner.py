@@ -409,11 +409,17 @@ class Trainer:
         loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
                                                 num_workers=self.spec.train.num_workers, collate_fn=task.collate,
                                                 pin_memory=torch.cuda.is_available()))
-        model.eval()
+        # every process evaluates the main process's weights and buffers (BatchNorm statistics),
+        # which are what the run saves, on the plain module (no DDP collectives in evaluation)
+        network = accelerator.unwrap_model(model)
+        if accelerator.num_processes > 1:
+            for tensor in (*network.parameters(), *network.buffers()):
+                torch.distributed.broadcast(tensor.data, src=0)
+        network.eval()
         evaluation = task.evaluation(dataset)
         for batch in tqdm(loader, desc="evaluate", leave=False,
                           disable=None if accelerator.is_local_main_process else True):
-            evaluation.update(accelerator.gather_for_metrics(evaluation.outputs(method, model, batch)))
+            evaluation.update(accelerator.gather_for_metrics(evaluation.outputs(method, network, batch)))
         return evaluation
 
     def _write_outputs(self, model: nn.Module, info, evaluation: Evaluation, result) -> None:
