@@ -183,3 +183,27 @@ def test_compare_and_model_card_speak_each_task(segmentation_two_processes, face
     card = str(from_pretrained(faces).generate_model_card())
     assert "face recognition model" in card and "model.embed(" in card
     assert "| group | n | identities | fpr | tpr |" in card and "pipeline_tag: image-feature-extraction" in card
+
+
+def test_fair_predict_segments_and_compares_faces(segmentation_two_processes, faces_two_processes, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    def write(image, name):
+        path = tmp_path / name
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+        return str(path)
+
+    seg = segmentation_two_processes[0]
+    scene = write(load_split(from_pretrained(seg), task=SegmentationTask()).split.images[0], "scene.png")
+    result = subprocess.run([*FAIR, "predict", str(seg), scene], capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "24x24" in result.stdout and "%" in result.stdout
+
+    faces = faces_two_processes
+    split = load_split(from_pretrained(faces), task=VerificationTask()).split
+    paths = [write(split.images[i], f"face{i}.png") for i in (0, 1)]
+    result = subprocess.run([*FAIR, "predict", str(faces), *paths], capture_output=True, text=True, timeout=300,
+                            env={**ENV, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "cosine similarity" in result.stdout and result.stdout.count("1.0000") == 2

@@ -174,3 +174,16 @@ def test_a_third_party_task_runs_through_the_same_runner(tmp_path, write_spec):
     assert all(g["mae"] >= 0 for g in metrics["groups"])
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert "regression" not in get_registry().entries["tasks"]  # nothing leaked into this process
+
+
+def test_data_check_counts_pixels_for_segmentation_and_identities_for_verification(tmp_path, write_spec):
+    seg = fair("data", "check", str(write_spec(small_spec(tmp_path / "out", **SEGMENTATION), "seg.json")))
+    assert seg.returncode == 0, seg.stderr
+    assert "class (pixels)" in seg.stdout and "background" in seg.stdout and "train: 16 images" in seg.stdout
+    faces = small_spec(tmp_path / "out", task="verification", model={"name": "small_embedding_cnn"},
+                       data={"name": "synthetic_faces", "params": {"train_identities": 20, "eval_identities": 3}})
+    result = fair("data", "check", str(write_spec(faces, "faces.json")))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.count("│") == 4}
+    assert rows["identities"] == ["3", "3"]  # the test split: 3 identities a group

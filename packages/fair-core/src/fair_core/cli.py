@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -138,17 +139,43 @@ def predict(
     model: Annotated[str, typer.Argument(help="Hub repo id (org/name) or local model folder")],
     images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
 ) -> None:
-    """Print the prediction of MODEL for each image file."""
+    """Print what MODEL says of each image file: the class (classifier), the classes covering the
+    most pixels (segmenter), or the cosine similarity of every pair of images (face model)."""
     from .hub import from_pretrained, read_image
+    from .tasks import ClassifierModel, EmbedderModel, SegmenterModel
 
     fair_model = from_pretrained(model)
-    table = Table(title=f"predictions of {model}")
-    for column in ("image", "prediction", "probability"):
-        table.add_column(column, justify="right" if column == "probability" else "left")
-    for path in images:
-        probs = fair_model.predict_proba(read_image(path).unsqueeze(0))[0]
-        best = int(probs.argmax())
-        table.add_row(str(path), fair_model.class_names[best], f"{probs[best]:.4f}")
+    pictures = [read_image(path).unsqueeze(0) for path in images]
+    if isinstance(fair_model, ClassifierModel):
+        table = Table(title=f"predictions of {model}")
+        for column in ("image", "prediction", "probability"):
+            table.add_column(column, justify="right" if column == "probability" else "left")
+        for path, picture in zip(images, pictures, strict=True):
+            probs = fair_model.predict_proba(picture)[0]
+            best = int(probs.argmax())
+            table.add_row(str(path), fair_model.class_names[best], f"{probs[best]:.4f}")
+    elif isinstance(fair_model, SegmenterModel):
+        table = Table(title=f"segmentation by {model}: the classes covering the most pixels")
+        for column in ("image", "size", "classes (share of the pixels)"):
+            table.add_column(column)
+        for path, picture in zip(images, pictures, strict=True):
+            labels = fair_model.segment(picture)[0]
+            shares = torch.bincount(labels.flatten(), minlength=len(fair_model.class_names)).double() / labels.numel()
+            top = shares.argsort(descending=True)[:3].tolist()
+            table.add_row(str(path), f"{labels.shape[1]}x{labels.shape[0]}",
+                          ", ".join(f"{fair_model.class_names[k]} {shares[k]:.1%}" for k in top if shares[k] > 0))
+    elif isinstance(fair_model, EmbedderModel):
+        embeddings = torch.cat([fair_model.embed(picture) for picture in pictures])
+        similarity = embeddings @ embeddings.T
+        table = Table(title=f"cosine similarity of the embeddings of {model}")
+        table.add_column("image")
+        for path in images:
+            table.add_column(path.name, justify="right")
+        for path, row in zip(images, similarity.tolist(), strict=True):
+            table.add_row(str(path), *(f"{v:.4f}" for v in row))
+    else:
+        raise FairError(f"{model}: a {fair_model.task} model; fair predict knows classifiers, segmenters and face "
+                        f"models; load it with fair_core.from_pretrained")
     console.print(table)
 
 
@@ -165,11 +192,12 @@ def data_check(spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run 
     spec = load_spec(spec_file)
     for table in split_cell_counts(spec):
         info = table.info
-        rich_table = Table(title=f"{spec.data.name} {table.split}: {table.total} images, {info.target} x {'/'.join(info.sensitive)}")
-        rich_table.add_column(info.target)
+        rich_table = Table(title=f"{spec.data.name} {table.split}: {table.total} images, "
+                                 f"{table.row_label} x {'/'.join(info.sensitive) or 'all'}")
+        rich_table.add_column(table.row_label)
         for group in info.group_names:
             rich_table.add_column(group, justify="right")
-        for y, name in enumerate(info.class_names):
+        for y, name in enumerate(table.rows):
             rich_table.add_row(name, *(str(int(n)) for n in table.counts[y]))
         console.print(rich_table)
 

@@ -166,6 +166,10 @@ class FairDataset(Dataset):
         """Value names of every attribute of a split row (for reports and predictions.csv)."""
         return {a: self.split.values[a][int(codes[row])] for a, codes in self.split.attributes.items()}
 
+    def count_table(self) -> tuple[str, tuple[str, ...], Tensor]:
+        """What ``fair data check`` shows: (row label, row names, counts ``(rows, groups)``)."""
+        return self.info.target, self.info.class_names, self.cell_counts()
+
     def cell_counts(self) -> Tensor:
         """``counts[y, g]``: samples of each (target, group) cell."""
         cell = self.targets * self.info.num_groups + self.groups

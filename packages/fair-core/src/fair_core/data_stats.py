@@ -19,26 +19,27 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 
 @dataclass(frozen=True)
 class SplitCounts:
-    """``counts[y, g]`` of one split."""
+    """``counts[r, g]`` of one split: rows ``rows`` (the classes; the mask classes' pixels for
+    segmentation; images and identities for verification) by protected group."""
 
     split: str
     info: DataInfo
     counts: Tensor
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
+    rows: tuple[str, ...]
+    row_label: str
+    total: int  # images
 
 
 def split_cell_counts(spec: RunSpec) -> list[SplitCounts]:
-    """Load every split of the spec's dataset (checking it) and count its (target, group) cells."""
+    """Load every split of the spec's dataset (checking it) as its task sees it, and count its cells."""
     from .runner import resolve
 
-    dataset = resolve(spec).dataset
+    run = resolve(spec)
     tables = []
-    for split in dataset.splits:
-        data = dataset.load(split, spec.data.target, spec.data.sensitive)
-        tables.append(SplitCounts(split, data.info, data.cell_counts()))
+    for split in run.dataset.splits:
+        data = run.dataset.load(split, spec.data.target, spec.data.sensitive, task=run.task)
+        row_label, rows, counts = data.count_table()
+        tables.append(SplitCounts(split, data.info, counts, rows, row_label, len(data)))
     return tables
 
 
@@ -53,7 +54,7 @@ def draw_cell_counts(tables: list[SplitCounts], dataset: str, path: Path) -> Pat
     except ImportError:
         raise FairError("fair data stats draws with matplotlib, which is not installed (pip install 'fair-core[plots]')") from None
     width = max(3.0, 1.1 * max(t.info.num_groups for t in tables) + 1.8)
-    height = max(2.4, 0.45 * max(t.info.num_classes for t in tables) + 1.4)
+    height = max(2.4, 0.45 * max(len(t.rows) for t in tables) + 1.4)
     figure = Figure(figsize=(width * len(tables), height), layout="constrained")
     axes = figure.subplots(1, len(tables), squeeze=False)[0]
     for ax, table in zip(axes, tables, strict=True):
@@ -66,12 +67,12 @@ def draw_cell_counts(tables: list[SplitCounts], dataset: str, path: Path) -> Pat
                 ax.text(g, y, f"{int(counts[y, g])}\n{share[y, g]:.0%}", ha="center", va="center", fontsize=8,
                         color="white" if light else "black")
         ax.set_xticks(range(table.info.num_groups), table.info.group_names, rotation=30, ha="right")
-        ax.set_yticks(range(table.info.num_classes), table.info.class_names)
+        ax.set_yticks(range(len(table.rows)), table.rows)
         ax.set_xlabel(" / ".join(table.info.sensitive))
-        ax.set_ylabel(table.info.target)
+        ax.set_ylabel(table.row_label)
         ax.set_title(f"{table.split}: {table.total} images")
-    figure.colorbar(image, ax=list(axes), label="share of the class")
-    figure.suptitle(f"{dataset}: (target x group) cell counts")
+    figure.colorbar(image, ax=list(axes), label="share of the row")
+    figure.suptitle(f"{dataset}: ({tables[0].row_label} x group) counts")
     with atomic_path(path) as tmp, rc_context({"svg.fonttype": "none"}):  # SVG text stays text (editable)
         figure.savefig(tmp, format=suffix, dpi=120)
     return path

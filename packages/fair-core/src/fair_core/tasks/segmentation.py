@@ -96,6 +96,9 @@ class SegmentationDataset(FairDataset):
     def _view(self, rows: Tensor, transform: Callable[[Tensor], Tensor] | None) -> SegmentationDataset:
         return type(self)(self.split, self.info, transform, rows, self.pair_transform)
 
+    def count_table(self) -> tuple[str, tuple[str, ...], Tensor]:
+        return "class (pixels)", self.info.class_names, self.cell_counts()
+
     def cell_counts(self) -> Tensor:
         """``counts[k, g]``: labelled pixels of class ``k`` in the images of group ``g``."""
         info = self.info

@@ -43,6 +43,13 @@ class IdentityDataset(FairDataset):
     def identities(self) -> Tensor:
         return self.targets
 
+    def count_table(self) -> tuple[str, tuple[str, ...], Tensor]:
+        """Images and identities of each group (one row per identity would not be readable)."""
+        images = torch.bincount(self.groups, minlength=self.info.num_groups)
+        pairs = torch.unique(torch.stack([self.identities, self.groups], 1), dim=0)
+        identities = torch.bincount(pairs[:, 1], minlength=self.info.num_groups)
+        return "count", ("images", "identities"), torch.stack([images, identities])
+
 
 class EmbedderModel(FairModel, pipeline_tag="image-feature-extraction", tags=["fairness", "face-recognition"]):
     """A fair face recogniser: ``embed(images)`` gives L2-normalised embeddings ``(N, D)`` of float
