@@ -61,7 +61,7 @@ def test_segmentation_masks_rare_classes_and_ignored_outlines():
     assert 0.02 < (masks == IGNORE_INDEX).double().mean() < 0.2  # outlines unlabelled
     test = builder.read_split("test").masks.long()
     shapes = torch.bincount(test[test != IGNORE_INDEX], minlength=len(CLASSES)).double()[1:]
-    assert shapes.min() > 0.4 * shapes.max()  # every shape class measured in the test split
+    assert shapes.min() > 0.3 * shapes.max()  # every shape class measured in the test split (areas differ by shape)
     night = train.attributes["lighting"].double().mean()
     assert 0.1 < night < 0.3 and builder.read_split("test").attributes["lighting"].double().mean() == 0.5
 

@@ -24,8 +24,10 @@ architecture is trained on ``b`` first, for ``bias_epochs`` epochs, and kept fro
 The weighting is a per-dataset setting, as in the paper. With the paper's weighting (CE 0.01,
 alpha 1000) the FLAC term dominates the encoder: a small CNN on the synthetic dataset stays at
 chance accuracy after 12 and after 40 epochs. ``examples/flac.json`` therefore uses ``alpha = 1``
-and ``ce_weight = 1`` on that dataset. Its gain there over ERM (worst-group accuracy +0.04 to
-+0.05 at train seeds 0-2) is measured with a constant learning rate. With the study's decay
+and ``ce_weight = 1`` on that dataset. Its gain there over ERM at a constant learning rate does
+not hold across machines: worst-group accuracy +0.04 to +0.05 at train seeds 0-2 on one, but
+-0.007/-0.019/+0.067 on another (12 epochs, data seed 0; float results differ with the CPU), so
+the tests assert FLAC's mechanism (loss direction, frozen bias network), not a gain. With the study's decay
 (weight decay 1e-4, lr x0.1 at 1/3 and 2/3) FLAC does not beat ERM on that dataset: 0.63/0.66/0.75
 against 0.65/0.67/0.74 at 12 epochs, 0.86 against 0.87 at 36 (seed 0), and alpha 3, 10 or 30 does
 not change that.
