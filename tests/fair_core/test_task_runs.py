@@ -182,7 +182,7 @@ def test_compare_and_model_card_speak_each_task(segmentation_two_processes, face
     assert "pipeline_tag: image-segmentation" in card
     card = str(from_pretrained(faces).generate_model_card())
     assert "face recognition model" in card and "model.embed(" in card
-    assert "| group | n | identities | fpr | tpr |" in card and "pipeline_tag: image-feature-extraction" in card
+    assert "| group | n | identities | tpr | fpr |" in card and "pipeline_tag: image-feature-extraction" in card
 
 
 def test_fair_predict_segments_and_compares_faces(segmentation_two_processes, faces_two_processes, tmp_path):

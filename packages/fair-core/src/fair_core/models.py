@@ -80,6 +80,16 @@ class SmallCNNParams(BaseModel):
     width: int = Field(32, ge=4, le=512, description="channels of the first block (doubled twice)")
 
 
+def small_cnn_stages(width: int) -> list[nn.Module]:
+    """Three conv-BN-ReLU blocks of ``width``, ``2 width`` and ``4 width`` channels, max-pooled
+    between them (stride 4 in all): the feature maps of ``small_cnn`` and its relatives."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return [*block(3, width), nn.MaxPool2d(2), *block(width, 2 * width), nn.MaxPool2d(2), *block(2 * width, 4 * width)]
+
+
 class SmallCNN(ModelBuilder):
     """Three conv-BN-ReLU blocks and global average pooling: fast on CPU, for tests and demos."""
 
@@ -87,18 +97,8 @@ class SmallCNN(ModelBuilder):
     description = "3-block CNN for small images (tests, demos)"
 
     def build(self, num_classes: int) -> Classifier:
-        w = self.params.width
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        encoder = nn.Sequential(
-            *block(3, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), nn.MaxPool2d(2),
-            *block(2 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
-        return Classifier(encoder, 4 * w, num_classes)
+        encoder = nn.Sequential(*small_cnn_stages(self.params.width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return Classifier(encoder, 4 * self.params.width, num_classes)
 
 
 # --------------------------------------------------------------------------- small_encoder_decoder

@@ -92,7 +92,8 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     for field_name, split in (("data.train_split", spec.data.train_split), ("eval.split", spec.eval.split)):
         if split not in dataset.splits:
             raise FairError(f"{field_name}: unknown split {split!r} for {spec.data.name}; available: {', '.join(dataset.splits)}")
-    task_metrics = [n for n in registry.names("metrics") if registry.entries["metrics"][n].obj.task == task_name]
+    # in registration order: a plugin lists its metrics (and a table its columns) in reading order
+    task_metrics = [n for n, e in registry.entries["metrics"].items() if e.obj.task == task_name]
     metrics = []
     for name in spec.eval.metrics if spec.eval.metrics is not None else task_metrics:
         metric = registry.get("metrics", name, "eval.metrics").obj

@@ -1,7 +1,7 @@
 """Face embedding backbones.
 
-``small_embedding_cnn`` is the small baseline of the verification task: three conv-BN-ReLU
-blocks, then the embedding head insightface's IResNets use, at a small size: BN2d -> dropout ->
+``small_embedding_cnn`` is the small baseline of the verification task: ``small_cnn``'s three
+conv-BN-ReLU blocks, then the embedding head insightface's IResNets use, at a small size: BN2d -> dropout ->
 flatten -> Linear -> BN1d whose affine weight is frozen at 1. The map is pooled to 4x4 before
 flattening, so the head keeps the spatial layout (where on the face a feature is) for any input
 size. The identity head (softmax over the training identities) is the linear ``head`` of
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fair_core import Classifier, ModelBuilder
+from fair_core.models import small_cnn_stages
 
 
 class EmbeddingHead(nn.Module):
@@ -48,14 +49,8 @@ class SmallEmbeddingCNN(ModelBuilder):
 
     def build(self, num_classes: int) -> Classifier:
         w = self.params.width
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
         encoder = nn.Sequential(
-            *block(3, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), nn.MaxPool2d(2),
-            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4),
+            *small_cnn_stages(w), nn.AdaptiveAvgPool2d(4),
             EmbeddingHead(4 * w, 4, self.params.embedding_dim, self.params.dropout),
         )
         return Classifier(encoder, self.params.embedding_dim, num_classes)
