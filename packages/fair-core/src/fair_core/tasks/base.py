@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ..hub import FairModel
     from ..method import Method
 
-SECTIONS = ("overall", "fairness", "groups", "classes")
 SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
 
 

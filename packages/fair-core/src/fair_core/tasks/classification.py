@@ -37,6 +37,7 @@ class ClassificationEvaluation(Evaluation):
     def __init__(self, task: Task, dataset: FairDataset):
         super().__init__(task, dataset)
         self._parts: list[tuple[Tensor, ...]] = []
+        self._joined: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def outputs(self, method, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
         scores = method.predict(model, batch["image"]).float()
@@ -44,15 +45,19 @@ class ClassificationEvaluation(Evaluation):
 
     def update(self, gathered: tuple[Tensor, ...]) -> None:
         self._parts.append(gathered)
+        self._joined = None
 
-    def _columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        scores, targets, groups, index = (torch.cat(p).cpu() for p in zip(*self._parts, strict=True))
-        return scores, targets, groups, index
+    def columns(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Scores, targets, groups and split rows of every evaluated sample (joined once)."""
+        if self._joined is None:
+            scores, targets, groups, index = (torch.cat(p).cpu() for p in zip(*self._parts, strict=True))
+            self._joined = scores, targets, groups, index
+        return self._joined
 
     def state(self) -> Tensor:
         """The group confusion counts ``(G, C, C)``."""
         info = self.dataset.info
-        scores, targets, groups, _ = self._columns()
+        scores, targets, groups, _ = self.columns()
         counts = FairnessMetrics(info.num_classes, info.num_groups)
         counts.update(scores, targets, groups)
         return counts.counts
@@ -80,7 +85,7 @@ class ClassificationTask(Task):
                          eval_spec.confidence, seed)
 
     def write_outputs(self, directory: Path, evaluation: ClassificationEvaluation) -> None:
-        scores, _, _, index = evaluation._columns()
+        scores, _, _, index = evaluation.columns()
         write_predictions(directory / "predictions.csv", evaluation.dataset, index, scores)
 
     def console_tables(self, result: dict[str, Any]) -> list[Table]:
