@@ -9,7 +9,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .plugins import get_registry
-from .tasks.base import SIZE_KEYS
+from .report import SIZE_KEYS
 
 
 def _method_facts(config: dict[str, Any]) -> tuple[str, str, str]:

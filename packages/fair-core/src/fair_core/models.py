@@ -68,6 +68,10 @@ class ModelBuilder(ABC):
     def __init__(self, params: BaseModel):
         self.params = params
 
+    @classmethod
+    def supports(cls, task: str) -> bool:
+        return task in cls.tasks
+
     @abstractmethod
     def build(self, num_classes: int) -> nn.Module:
         """A freshly initialised (or pretrained, if asked) model with ``num_classes`` outputs

@@ -19,8 +19,11 @@ from .data import DataInfo, FairDataset
 from .errors import FairError
 from .metrics import Metric, bootstrap_confidence_interval, group_accuracy
 
+SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
 
-def _number(value: Tensor | float) -> float | None:
+
+def number(value: Tensor | float) -> float | None:
+    """A metric value for JSON: a float, or ``None`` for nan."""
     value = float(value)
     return None if math.isnan(value) else value
 
@@ -38,13 +41,13 @@ def summarize(
     sizes = counts.sum((-1, -2))
     result: dict[str, Any] = {"overall": {}, "groups": [], "fairness": {}, "intervals": {}}
     for metric in metrics:
-        result["overall" if metric.section == "overall" else "fairness"][metric.name] = _number(metric.compute(counts))
+        result["overall" if metric.section == "overall" else "fairness"][metric.name] = number(metric.compute(counts))
         if bootstrap > 0:
             lo, hi = bootstrap_confidence_interval(metric.compute, counts, bootstrap, confidence, seed)
-            result["intervals"][metric.name] = [_number(lo), _number(hi)]
+            result["intervals"][metric.name] = [number(lo), number(hi)]
     result["overall"]["n"] = int(sizes.sum())
     for g, name in enumerate(info.group_names):
-        result["groups"].append({"group": name, "n": int(sizes[g]), "accuracy": _number(per_group[g])})
+        result["groups"].append({"group": name, "n": int(sizes[g]), "accuracy": number(per_group[g])})
     if bootstrap > 0:
         result["confidence"] = confidence
         result["bootstrap"] = bootstrap
@@ -80,8 +83,6 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
 def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per run) of the comparison table: the union of the runs' overall
     and fairness metrics (``-`` where a run has none, e.g. runs of different tasks)."""
-    from .tasks.base import SIZE_KEYS
-
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
     keys: list[tuple[str, str]] = []
     for _, m in runs:

@@ -62,10 +62,7 @@ class ResolvedRun:
 
 def _supporting(registry: Registry, kind: str, task: str) -> str:
     """Names of the registered methods or models that support ``task``."""
-    def supports(obj) -> bool:
-        return obj.supports(task) if kind == "methods" else task in obj.tasks
-
-    return ", ".join(n for n in registry.names(kind) if supports(registry.entries[kind][n].obj)) or "none installed"
+    return ", ".join(n for n in registry.names(kind) if registry.entries[kind][n].obj.supports(task)) or "none installed"
 
 
 def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
@@ -83,7 +80,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     if not method_entry.obj.supports(task_name):
         raise FairError(f"method.name: {spec.method.name} supports the {', '.join(method_entry.obj.tasks)} task, "
                         f"not {task_name}; methods for {task_name}: {_supporting(registry, 'methods', task_name)}")
-    if task_name not in model_entry.obj.tasks:
+    if not model_entry.obj.supports(task_name):
         raise FairError(f"model.name: {spec.model.name} is a model for the {' and '.join(model_entry.obj.tasks)} task, "
                         f"not {task_name}; models for {task_name}: {_supporting(registry, 'models', task_name)}")
     task = task_entry.obj(validate_params(task_entry.obj.EvalParams, spec.eval.params, "eval.params"))

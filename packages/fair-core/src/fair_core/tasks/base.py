@@ -16,7 +16,6 @@ segmentation. A spec names its task (``"task": "segmentation"``) or takes the da
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,23 +28,17 @@ from torch import Tensor, nn
 
 from ..data import DataInfo, FairDataset, NoParams
 from ..metrics import Metric
+from ..report import SIZE_KEYS, number
 
 if TYPE_CHECKING:
     from ..hub import FairModel
     from ..method import Method
 
-SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     """Stack every field of a list of items into a batch."""
     return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in items[0]}
-
-
-def number(value: Tensor | float) -> float | None:
-    """A metric value for JSON: a float, or ``None`` for nan."""
-    value = float(value)
-    return None if math.isnan(value) else value
 
 
 class Evaluation(ABC):

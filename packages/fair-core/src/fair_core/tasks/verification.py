@@ -34,6 +34,13 @@ from .base import Evaluation, Task, metric_sections, table_rows
 EMBEDDINGS = "embeddings.safetensors"
 
 
+def group_sizes(identities: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Images and distinct identities of each group, each ``(G,)``."""
+    images = torch.bincount(groups, minlength=num_groups)
+    identity_group = torch.unique(torch.stack([identities, groups], 1), dim=0)[:, 1]
+    return images, torch.bincount(identity_group, minlength=num_groups)
+
+
 class IdentityDataset(FairDataset):
     """A split seen through its identity attribute: items ``{image, identity, group, index}``."""
 
@@ -45,9 +52,7 @@ class IdentityDataset(FairDataset):
 
     def count_table(self) -> tuple[str, tuple[str, ...], Tensor]:
         """Images and identities of each group (one row per identity would not be readable)."""
-        images = torch.bincount(self.groups, minlength=self.info.num_groups)
-        pairs = torch.unique(torch.stack([self.identities, self.groups], 1), dim=0)
-        identities = torch.bincount(pairs[:, 1], minlength=self.info.num_groups)
+        images, identities = group_sizes(self.identities, self.groups, self.info.num_groups)
         return "count", ("images", "identities"), torch.stack([images, identities])
 
 
@@ -164,10 +169,7 @@ class VerificationTask(Task):
                   seed: int) -> dict[str, Any]:
         state = evaluation.state()
         sections = metric_sections(state, metrics)
-        num_groups = state.num_groups
-        images = torch.bincount(state.groups, minlength=num_groups)
-        identity_group = torch.unique(torch.stack([state.identities, state.groups], 1), dim=0)[:, 1]
-        identities = torch.bincount(identity_group, minlength=num_groups)
+        images, identities = group_sizes(state.identities, state.groups, state.num_groups)
         groups = table_rows("group", state.group_names, {"n": images.tolist(), "identities": identities.tolist()},
                             sections["group_columns"])
         overall = {**sections["overall"], "n": int(state.index.numel()),
