@@ -26,7 +26,7 @@ def fair(*args, env=None):
      ["method.name: uw supports the classification task, not segmentation", "methods for segmentation: erm"]),
     ({"model": {"name": "small_cnn"}},
      ["model.name: small_cnn is a model for the classification and verification task, not segmentation",
-      "models for segmentation: small_encoder_decoder"]),
+      "models for segmentation: fpn, small_encoder_decoder"]),
     ({"data": {"name": "synthetic"}}, ["task: the dataset synthetic serves the classification task, not segmentation"]),
     ({"task": "detection"}, ["task: unknown task 'detection'", "available: classification, segmentation, verification"]),
     ({"eval": {"metrics": ["mIoU", "spd"]}}, ["eval.metrics: 'spd' is a classification metric", "segmentation metrics:", "mIoU"]),

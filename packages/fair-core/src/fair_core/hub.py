@@ -106,7 +106,11 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness"]
             preprocessing=self.preprocessing, ignore_index=config.get("ignore_index", 255),
         )
         builder_cls, method_cls = _lookup("models", config["model"]), _lookup("methods", config["method"])
-        builder = builder_cls(builder_cls.Params.model_validate(config["model"]["params"]))
+        # the saved weights replace any pretrained ones: rebuild without reading (or needing) them
+        model_params = {**config["model"]["params"]}
+        if "pretrained" in model_params:
+            model_params["pretrained"] = False
+        builder = builder_cls(builder_cls.Params.model_validate(model_params))
         task = _lookup("tasks", _task_section(config))()
         self.method = method_cls(method_cls.Params.model_validate(config["method"]["params"]), self.info, task)
         self.network = self.method.build_model(builder.build(config["num_classes"]))

@@ -11,6 +11,7 @@ to feature maps and a ``head`` that decodes them into per-pixel logits. A builde
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -52,10 +53,44 @@ class Segmenter(nn.Module):
     def features(self, images: Tensor):
         return self.encoder(images)
 
-    def forward(self, images: Tensor, with_features: bool = False):
+    def forward(self, images: Tensor, with_features: bool = False, decode_apart: int = 0,
+                apart_running_stats: bool = True):
+        """Logits (and the feature maps); with ``decode_apart = k`` the encoder runs once on every
+        image but the head decodes the first ``k`` images' features in a call of its own (ZUT's
+        zero image: the head's batch statistics do not mix it with the batch), which updates the
+        head's BatchNorm running statistics only if ``apart_running_stats``."""
         features = self.features(images)
-        logits = self.head(features)
+        if decode_apart:
+            with contextlib.nullcontext() if apart_running_stats else running_stats_frozen(self.head):
+                first = self.head(batch_slice(features, 0, decode_apart))
+            logits = torch.cat([first, self.head(batch_slice(features, decode_apart, None))])
+        else:
+            logits = self.head(features)
         return (logits, features) if with_features else logits
+
+
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module):
+    """Within the block, BatchNorm layers of ``module`` in training mode normalise with the batch
+    statistics but leave their running statistics unchanged (momentum 0)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(layers, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def batch_slice(features, start: int, stop: int | None):
+    """Samples ``start:stop`` of a feature map or of a list of them."""
+    if isinstance(features, Tensor):
+        return features[start:stop]
+    return type(features)(batch_slice(f, start, stop) for f in features)
 
 
 class ModelBuilder(ABC):
@@ -193,31 +228,33 @@ class _TorchvisionResNet(ModelBuilder):
         return Classifier(net, feature_dim, num_classes)
 
     def _pretrained_state(self) -> dict[str, Tensor]:
-        from safetensors.torch import load_file
-
-        if isinstance(self.params.pretrained, Path):
-            path = self.params.pretrained
-            if not path.is_file():
-                raise FairError(f"model.params.pretrained: no weights file at {path}")
-        else:
-            path = self._hub_cache_file()
-        try:
-            state = load_file(str(path))
-        except Exception as exc:  # corrupt or not safetensors
-            raise FairError(f"model.params.pretrained: cannot read {path}: {exc}") from None
+        state = pretrained_weights(self.params.pretrained, f"timm/{self.arch}.tv_in1k")
         return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
-    def _hub_cache_file(self) -> Path:
-        from huggingface_hub import try_to_load_from_cache
 
-        repo_id = f"timm/{self.arch}.tv_in1k"
+def pretrained_weights(pretrained: Path | bool, repo_id: str) -> dict[str, Tensor]:
+    """The weights ``model.params.pretrained`` names: a local .safetensors file, or (``true``)
+    ``repo_id``'s ``model.safetensors`` in the local Hugging Face cache (nothing is downloaded);
+    one-line :class:`FairError` otherwise."""
+    from huggingface_hub import try_to_load_from_cache
+    from safetensors.torch import load_file
+
+    if isinstance(pretrained, Path):
+        path = pretrained
+        if not path.is_file():
+            raise FairError(f"model.params.pretrained: no weights file at {path}")
+    else:
         cached = try_to_load_from_cache(repo_id, "model.safetensors", cache_dir=os.environ.get("HF_HUB_CACHE"))
         if not isinstance(cached, str):
             raise FairError(
                 f"model.params.pretrained: {repo_id} is not in the Hugging Face cache; download it once with "
                 f"`hf download {repo_id} model.safetensors` or give a local .safetensors path"
             )
-        return Path(cached)
+        path = Path(cached)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # corrupt or not safetensors
+        raise FairError(f"model.params.pretrained: cannot read {path}: {exc}") from None
 
 
 class ResNet18(_TorchvisionResNet):
@@ -234,6 +271,9 @@ class ResNet50(_TorchvisionResNet):
     description = "torchvision ResNet-50"
 
 
+from .fpn import FPN  # noqa: E402  (fpn.py builds on the classes above)
+
 BUILTIN_MODELS: dict[str, type[ModelBuilder]] = {
     "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "small_encoder_decoder": SmallEncoderDecoder,
+    "fpn": FPN,
 }

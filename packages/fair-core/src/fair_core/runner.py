@@ -9,6 +9,7 @@ checkpoint of a completed epoch ends exactly where an uninterrupted one does.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from .method import Method, TrainingData
 from .metrics import Metric
 from .models import ModelBuilder
 from .plugins import Registry, get_registry
-from .spec import RunSpec, validate_params
+from .spec import RunSpec, TrainSpec, validate_params
 from .tasks import Evaluation, Task
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -189,14 +190,19 @@ def _flat_config(spec: RunSpec) -> dict[str, Any]:
     return flat
 
 
-def _schedule_factor(spec: RunSpec):
-    train = spec.train
+def schedule_factor(train: TrainSpec, total: int):
+    """The lr multiplier after ``t`` of ``total`` scheduler units (epochs, or steps with
+    ``max_steps``): cosine to 0, multistep (``gamma`` at each milestone fraction), or poly
+    (mmseg's PolyLR: ``(1 - min) (1 - t/T)^power + min``, ``min = min_lr_factor``)."""
     if train.scheduler == "cosine":
-        return lambda epoch: 0.5 * (1 + math.cos(math.pi * epoch / train.epochs))
+        return lambda t: 0.5 * (1 + math.cos(math.pi * t / total))
     if train.scheduler == "multistep":
-        steps = [round(m * train.epochs) for m in train.milestones]
-        return lambda epoch: train.gamma ** sum(epoch >= s for s in steps)
-    return lambda epoch: 1.0
+        milestones = [round(m * total) for m in train.milestones]
+        return lambda t: train.gamma ** sum(t >= s for s in milestones)
+    if train.scheduler == "poly":
+        low = train.min_lr_factor
+        return lambda t: (1 - low) * max(0.0, 1 - t / total) ** train.power + low
+    return lambda t: 1.0
 
 
 def _check_writable(directory: Path) -> None:
@@ -230,6 +236,7 @@ class Trainer:
         self.run_spec, self.spec = run, run.spec
         self.output_dir = Path(self.spec.output_dir)
         self.epoch = 0
+        self.epochs = self.spec.train.epochs  # passes of this run (with max_steps: as many as the steps need)
         self.global_step = 0
         self.accelerator: Accelerator | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -255,7 +262,8 @@ class Trainer:
         sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle)
         loader = DataLoader(
             dataset, batch_size=batch_size or self.spec.train.batch_size, sampler=sampler,
-            num_workers=self.spec.train.num_workers, collate_fn=self.run_spec.task.collate,
+            num_workers=self.spec.train.num_workers,
+            collate_fn=functools.partial(self.run_spec.task.collate, info=dataset.info),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.spec.train.num_workers > 0,
         )
         prepared = self.accelerator.prepare(loader)
@@ -308,10 +316,15 @@ class Trainer:
         training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
         model = method.build_model(run.model.build(info.num_classes))
         self.optimizers = method.configure_optimizers(model, self.make_optimizer)
-        factor = _schedule_factor(spec)
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
         model, *self.optimizers = accelerator.prepare(model, *self.optimizers)
         train_loader = self.make_loader(training.dataset, sampling_weights=training.sampling_weights)
+        max_steps = spec.train.max_steps
+        if max_steps is not None:  # iteration-based: passes as needed, the scheduler counts steps
+            if len(train_loader) == 0:
+                raise FairError("train.max_steps: the training set gives no batch")
+            self.epochs = math.ceil(max_steps / len(train_loader))
+        factor = schedule_factor(spec.train, self.epochs if max_steps is None else max_steps)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
 
         start_epoch, post_trained = 0, False
         if state is not None:
@@ -337,8 +350,14 @@ class Trainer:
                 })
             accelerator.wait_for_everyone()
 
-        started = time.perf_counter()
-        for epoch in range(start_epoch, spec.train.epochs):
+        def step_schedulers() -> None:
+            with warnings.catch_warnings():  # an optimiser a method did not step is fine
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+                for scheduler in schedulers:
+                    scheduler.step()
+
+        started, start_step = time.perf_counter(), self.global_step
+        for epoch in range(start_epoch, self.epochs):
             self.epoch = epoch
             seed_everything(epoch_seed(spec.train.seed, epoch))
             for loader in self._loaders:  # Accelerate's loader passes the epoch on to our sampler
@@ -346,7 +365,7 @@ class Trainer:
             model.train()
             method.on_epoch_start(model, self)
             total, count = 0.0, 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{spec.train.epochs}", leave=False,
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                        disable=None if accelerator.is_local_main_process else True)
             for step, batch in enumerate(bar):
                 logs = method.training_step(model, batch, self)
@@ -361,21 +380,23 @@ class Trainer:
                 if self.global_step % spec.train.log_every == 0:
                     self.log({f"train/{k}": v for k, v in logs.items()})
                 bar.set_postfix(loss=f"{total / count:.4f}")
-            with warnings.catch_warnings():  # an optimiser a method did not step this epoch is fine
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-                for scheduler in schedulers:
-                    scheduler.step()
+                if max_steps is not None:
+                    step_schedulers()
+                    if self.global_step >= max_steps:
+                        break
+            if max_steps is None:
+                step_schedulers()
             method.on_epoch_end(model, self)
             self.log({"train/epoch_loss": total / max(count, 1), "epoch": epoch + 1,
                       "lr": self.optimizers[0].param_groups[0]["lr"]})
             save(epoch, post_trained=False)
         train_seconds = time.perf_counter() - started
-        epochs_run = spec.train.epochs - start_epoch
+        epochs_run, steps_run = self.epochs - start_epoch, self.global_step - start_step
 
         if not post_trained:
-            self.epoch = spec.train.epochs
+            self.epoch = self.epochs
             method.post_train(model, self)
-            save(spec.train.epochs - 1, post_trained=True)
+            save(self.epochs - 1, post_trained=True)
 
         evaluation = self.evaluate(method, model, eval_set)
         result: dict[str, Any] = {}
@@ -385,8 +406,9 @@ class Trainer:
                 "task": task.name,
                 "data": task.data_section(info, eval_set.info, spec.eval.split),
                 **task.summarize(evaluation, run.metrics, spec.eval, spec.train.seed),
-                "timing": {"epochs_timed": epochs_run,
-                           "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None},
+                "timing": {"epochs_timed": epochs_run, "steps_timed": steps_run,
+                           "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None,
+                           "seconds_per_step": train_seconds / steps_run if steps_run else None},
                 "packages": run.packages,
                 "fair_version": __version__,
             }
@@ -405,7 +427,8 @@ class Trainer:
         the batches, and what the task gathers is gathered from all processes, padding dropped."""
         accelerator, task = self.accelerator, self.run_spec.task
         loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
-                                                num_workers=self.spec.train.num_workers, collate_fn=task.collate,
+                                                num_workers=self.spec.train.num_workers,
+                                                collate_fn=functools.partial(task.collate, info=dataset.info),
                                                 pin_memory=torch.cuda.is_available()))
         # every process evaluates the main process's weights and buffers (BatchNorm statistics),
         # which are what the run saves, on the plain module (no DDP collectives in evaluation)

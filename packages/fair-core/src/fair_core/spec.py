@@ -46,18 +46,25 @@ class MethodSpec(_Section):
 
 
 class TrainSpec(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training set (epoch-based training)")
+    max_steps: int | None = Field(
+        None, ge=1, description="iteration-based training instead of epochs: stop after this many optimisation steps "
+        "(as many passes as needed, the last one partial; `epochs` is then not used); the scheduler then counts steps",
+    )
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "cosine", "multistep"] = "none"
+    scheduler: Literal["none", "cosine", "multistep", "poly"] = "none"
     milestones: list[float] = Field(
         default_factory=lambda: [1 / 3, 2 / 3],
-        description="multistep: fractions of the epochs at which the lr is multiplied by gamma",
+        description="multistep: fractions of the training (epochs, or max_steps) at which the lr is multiplied by gamma",
     )
     gamma: float = Field(0.1, gt=0, le=1)
+    power: float = Field(0.9, gt=0, description="poly: lr_t = (lr - lr_min) (1 - t/T)^power + lr_min, as mmseg's PolyLR")
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="poly: lr_min as a fraction of the lr "
+                                 "(mmseg's eta_min / lr; 1 keeps the lr constant, as ZUT's ADE20K config)")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")

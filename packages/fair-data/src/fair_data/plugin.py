@@ -2,6 +2,7 @@
 
 from fair_core import hookimpl
 
+from .ade20k import ADE20K
 from .celeba import CelebA
 from .celebahq import CelebAHQ
 from .cifar10s import CIFAR10S
@@ -24,3 +25,4 @@ def fair_register_datasets(register):
     register("fairface", FairFace)
     register("cifar10s", CIFAR10S)
     register("hf", HuggingFace)
+    register("ade20k", ADE20K)

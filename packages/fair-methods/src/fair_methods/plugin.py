@@ -9,6 +9,7 @@ from .domain_independent import DomainIndependent
 from .erm import ERM
 from .flac import FLAC
 from .resampling import Oversampling, Undersampling, Upweighting
+from .zut import ZUT
 
 METHODS = {
     "erm": ERM,
@@ -20,6 +21,7 @@ METHODS = {
     "adv": Adversarial,
     "bcbb": BiasContrastive,
     "flac": FLAC,
+    "zut": ZUT,
 }
 
 

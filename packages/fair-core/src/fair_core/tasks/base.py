@@ -80,7 +80,8 @@ class Task(ABC):
         self.eval_params = eval_params if eval_params is not None else self.EvalParams()
 
     # ------------------------------------------------------------------ training
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    def collate(self, items: list[dict[str, Any]], info: DataInfo) -> dict[str, Tensor]:
+        """A batch of the items of a dataset described by ``info`` (default: every field stacked)."""
         return collate(items)
 
     @abstractmethod

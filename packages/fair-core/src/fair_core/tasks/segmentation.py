@@ -2,9 +2,16 @@
 
 * Batches are ``{image, mask, group, index}``: ``mask`` ``(H, W)`` holds class indices, with the
   dataset's ignore index for unlabelled pixels; ``group`` is the image-level protected group
-  (``all`` when the spec names no sensitive attribute).
+  (``all`` when the spec names no sensitive attribute). Items of different sizes (evaluation
+  images of ADE20K) are padded to the largest (images with 0, the mean colour after
+  normalisation; masks with the ignore index) and the batch records each ``image_size`` and
+  ``mask_size``, so the padding never counts: the logits of an image's own area are resized to its
+  own mask. An image may be resized without its mask (mmseg's test pipeline): metrics are then
+  computed at the annotation's resolution.
 * ``erm`` minimises the per-pixel cross-entropy of the logits, resized to the mask size
   (bilinear, as mmsegmentation), ignoring unlabelled pixels.
+* Inference is on the whole image, or by sliding windows (``eval.params.inference: slide``,
+  mmseg's ``slide_inference``: overlapping crops, their logits averaged where they overlap).
 * Evaluation gathers one confusion matrix ``(K, K)`` per image across processes (exactly once
   per image) and sums them per group into ``(G, K, K)``: every metric of
   :mod:`fair_core.metrics.segmentation` is a function of that sum. ``per_image.csv`` gives each
@@ -17,11 +24,11 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from ..atomic import write_text
@@ -30,7 +37,7 @@ from ..errors import FairError
 from ..hub import FairModel
 from ..metrics import Metric, intersect_groups
 from ..metrics.segmentation import class_iou, image_confusion, pixel_accuracy
-from .base import Evaluation, Task, metric_sections, table_rows
+from .base import Evaluation, Task, collate, metric_sections, table_rows
 
 PairTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -40,6 +47,55 @@ def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def pad_collate(items: list[dict[str, Any]], ignore_index: int) -> dict[str, Tensor]:
+    """Stack segmentation items; items of different sizes are padded bottom-right to the largest
+    (images with 0, masks with ``ignore_index``), and ``image_size`` / ``mask_size`` ``(N, 2)``
+    record each item's own size."""
+    images, masks = [item["image"] for item in items], [torch.as_tensor(item["mask"]) for item in items]
+    if len({tuple(t.shape) for t in images}) == 1 and len({tuple(t.shape) for t in masks}) == 1:
+        return collate(items)
+    batch = collate([{k: v for k, v in item.items() if k not in ("image", "mask")} for item in items])
+    batch["image_size"] = torch.tensor([t.shape[-2:] for t in images])
+    batch["mask_size"] = torch.tensor([t.shape[-2:] for t in masks])
+    h, w = batch["image_size"].amax(0).tolist()
+    batch["image"] = images[0].new_zeros(len(items), images[0].shape[0], h, w)
+    h, w = batch["mask_size"].amax(0).tolist()
+    batch["mask"] = torch.full((len(items), h, w), ignore_index, dtype=torch.long)
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        batch["image"][i, :, : image.shape[-2], : image.shape[-1]] = image
+        batch["mask"][i, : mask.shape[-2], : mask.shape[-1]] = mask
+    return batch
+
+
+def own_logits(logits: Tensor, batch: dict[str, Tensor]):
+    """``(logits, mask)`` of each image of a padded batch: the logits of the image's own area
+    (the padding cut off at the input's resolution), resized to its own mask, and that mask."""
+    padded = batch["image"].shape[-2:]
+    for i, ((h, w), (mh, mw)) in enumerate(zip(batch["image_size"].tolist(), batch["mask_size"].tolist(), strict=True)):
+        own = resize_logits(logits[i : i + 1], padded)[..., :h, :w]
+        yield resize_logits(own, (mh, mw)), batch["mask"][i : i + 1, :mh, :mw]
+
+
+def slide_logits(forward: Callable[[Tensor], Tensor], images: Tensor, crop_size: int, stride: int) -> Tensor:
+    """Sliding-window inference (mmseg's ``slide_inference``): crops of ``crop_size`` every
+    ``stride`` pixels (the last one flush with the border), each crop's logits resized to the
+    crop, summed into the image and divided by the number of crops covering each pixel."""
+    height, width = images.shape[-2:]
+    rows = max(height - crop_size + stride - 1, 0) // stride + 1
+    cols = max(width - crop_size + stride - 1, 0) // stride + 1
+    total, count = None, images.new_zeros(1, 1, height, width)
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop_size, height), min(c * stride + crop_size, width)
+            y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
+            logits = resize_logits(forward(images[..., y1:y2, x1:x2]).float(), (y2 - y1, x2 - x1))
+            if total is None:
+                total = logits.new_zeros(images.shape[0], logits.shape[1], height, width)
+            total[..., y1:y2, x1:x2] += logits
+            count[..., y1:y2, x1:x2] += 1
+    return total / count
 
 
 class SegmentationDataset(FairDataset):
@@ -116,8 +172,15 @@ class SegmenterModel(FairModel, pipeline_tag="image-segmentation", tags=["fairne
     images ``(N, 3, H, W)`` in [0, 1]."""
 
     def segment_proba(self, images: Tensor) -> Tensor:
-        size = images.shape[-2:]
-        return self._infer(images, lambda x: torch.softmax(resize_logits(self(x).float(), size), dim=1))
+        """Class probabilities, by the inference (whole image or sliding windows) the run evaluated with."""
+        size, inference = images.shape[-2:], self.fair_config.get("inference", {"mode": "whole"})
+        if inference["mode"] == "slide":
+            def logits(x: Tensor) -> Tensor:
+                return slide_logits(self, x, inference["crop_size"], inference["stride"])
+        else:
+            def logits(x: Tensor) -> Tensor:
+                return resize_logits(self(x).float(), size)
+        return self._infer(images, lambda x: torch.softmax(logits(x), dim=1))
 
     def segment(self, images: Tensor) -> Tensor:
         return self.segment_proba(images).argmax(dim=1)
@@ -126,6 +189,15 @@ class SegmenterModel(FairModel, pipeline_tag="image-segmentation", tags=["fairne
 class SegmentationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     per_image: bool = Field(True, description="write per_image.csv (pixel accuracy and mIoU of each evaluated image)")
+    inference: Literal["whole", "slide"] = Field("whole", description="whole image, or sliding windows of crop_size")
+    crop_size: int = Field(512, ge=1, description="slide: the window size (square), as the training crops")
+    stride: int = Field(341, ge=1, description="slide: pixels between windows (mmseg's ADE20K configs: 341 for 512)")
+
+    @model_validator(mode="after")
+    def _stride_within_crop(self) -> SegmentationParams:
+        if self.inference == "slide" and self.stride > self.crop_size:
+            raise ValueError(f"stride ({self.stride}) larger than crop_size ({self.crop_size}) leaves pixels unseen")
+        return self
 
 
 class SegmentationEvaluation(Evaluation):
@@ -138,9 +210,18 @@ class SegmentationEvaluation(Evaluation):
         self._images: list[Tensor] = []
 
     def outputs(self, method, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        masks = batch["mask"]
-        logits = resize_logits(method.predict(model, batch["image"]).float(), masks.shape[-2:])
-        confusion = image_confusion(logits, masks, self.dataset.info.num_classes, self.dataset.info.ignore_index)
+        params, info = self.task.eval_params, self.dataset.info
+        images = batch["image"]
+        if params.inference == "slide":
+            logits = slide_logits(lambda x: method.predict(model, x), images, params.crop_size, params.stride)
+        else:
+            logits = method.predict(model, images).float()
+        if "image_size" in batch:  # a padded batch: each image's own logits against its own mask
+            confusion = torch.cat([image_confusion(own, mask, info.num_classes, info.ignore_index)
+                                   for own, mask in own_logits(logits, batch)])
+        else:
+            confusion = image_confusion(resize_logits(logits, batch["mask"].shape[-2:]), batch["mask"],
+                                        info.num_classes, info.ignore_index)
         return confusion, batch["group"], batch["index"]
 
     def update(self, gathered: tuple[Tensor, ...]) -> None:
@@ -173,13 +254,23 @@ class SegmentationTask(Task):
     model_noun = "semantic segmentation model"
     model_class = SegmenterModel
 
+    def collate(self, items: list[dict[str, Any]], info: DataInfo) -> dict[str, Tensor]:
+        return pad_collate(items, info.ignore_index)
+
     def loss(self, outputs: Tensor, batch: dict[str, Tensor], info: DataInfo) -> Tensor:
-        """Per-pixel cross-entropy, unlabelled pixels ignored."""
+        """Per-pixel cross-entropy (mean over the labelled pixels of the batch), unlabelled pixels ignored."""
+        if "image_size" in batch:  # padded: each image's own logits against its own mask
+            pairs = list(own_logits(outputs, batch))
+            total = sum(F.cross_entropy(o, m, ignore_index=info.ignore_index, reduction="sum") for o, m in pairs)
+            return total / sum(int((m != info.ignore_index).sum()) for _, m in pairs)
         masks = batch["mask"]
         return F.cross_entropy(resize_logits(outputs, masks.shape[-2:]), masks, ignore_index=info.ignore_index)
 
     def model_config(self, info: DataInfo) -> dict[str, Any]:
-        return {"ignore_index": info.ignore_index}
+        params = self.eval_params
+        inference = {"mode": params.inference} | ({"crop_size": params.crop_size, "stride": params.stride}
+                                                   if params.inference == "slide" else {})
+        return {"ignore_index": info.ignore_index, "inference": inference}
 
     def evaluation(self, dataset: SegmentationDataset) -> SegmentationEvaluation:
         return SegmentationEvaluation(self, dataset)
