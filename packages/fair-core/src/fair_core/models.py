@@ -54,14 +54,13 @@ class Segmenter(nn.Module):
         return self.encoder(images)
 
     def forward(self, images: Tensor, with_features: bool = False, decode_apart: int = 0,
-                apart_running_stats: bool = True):
+                apart_bn: ApartBatchNorm = "train"):
         """Logits (and the feature maps); with ``decode_apart = k`` the encoder runs once on every
         image but the head decodes the first ``k`` images' features in a call of its own (ZUT's
-        zero image: the head's batch statistics do not mix it with the batch), which updates the
-        head's BatchNorm running statistics only if ``apart_running_stats``."""
+        zero image), its BatchNorm layers as ``apart_bn`` says (:func:`batchnorm_as`)."""
         features = self.features(images)
         if decode_apart:
-            with contextlib.nullcontext() if apart_running_stats else running_stats_frozen(self.head):
+            with batchnorm_as(self.head, apart_bn):
                 first = self.head(batch_slice(features, 0, decode_apart))
             logits = torch.cat([first, self.head(batch_slice(features, decode_apart, None))])
         else:
@@ -69,18 +68,29 @@ class Segmenter(nn.Module):
         return (logits, features) if with_features else logits
 
 
+ApartBatchNorm = Literal["train", "frozen", "eval"]
+
+
 @contextlib.contextmanager
-def running_stats_frozen(module: nn.Module):
-    """Within the block, BatchNorm layers of ``module`` in training mode normalise with the batch
-    statistics but leave their running statistics unchanged (momentum 0)."""
-    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in layers]
+def batchnorm_as(module: nn.Module, mode: ApartBatchNorm):
+    """Within the block, the BatchNorm layers of ``module`` (in training mode) normalise with the
+    batch statistics and update their running statistics (``train``, unchanged behaviour), with the
+    batch statistics leaving the running ones unchanged (``frozen``), or with the running
+    statistics (``eval``, as at inference)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if mode == "train" or not layers:
+        yield
+        return
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
+        if mode == "eval":
+            m.eval()
         m.momentum = 0.0
     try:
         yield
     finally:
         for m, (momentum, tracked) in zip(layers, saved, strict=True):
+            m.train()
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from fair_core import FairError, Method
-from fair_core.models import Segmenter
+from fair_core.models import ApartBatchNorm, Segmenter
 from fair_core.tasks.segmentation import resize_logits
 
 
@@ -87,8 +87,8 @@ class ZeroInput:
     """Forward hooks that, in training mode, put the zero image in front of every batch a model
     sees and take its logits off the output again (kept in :attr:`zero_logits` for the loss)."""
 
-    def __init__(self, model: nn.Module, decode_apart: bool, running_stats: bool = False):
-        self.decode_apart, self.running_stats, self.zero_logits = decode_apart, running_stats, []
+    def __init__(self, model: nn.Module, decode_apart: bool, head_bn: ApartBatchNorm = "train"):
+        self.decode_apart, self.head_bn, self.zero_logits = decode_apart, head_bn, []
         model.register_forward_pre_hook(self._prepend, with_kwargs=True)
         model.register_forward_hook(self._split)
 
@@ -98,7 +98,7 @@ class ZeroInput:
         images, *rest = args
         zero = images.new_zeros(1, *images.shape[1:])
         if self.decode_apart:  # segmentation: the decode head sees the zero features in a call of its own
-            kwargs = {**kwargs, "decode_apart": 1, "apart_running_stats": self.running_stats}
+            kwargs = {**kwargs, "decode_apart": 1, "apart_bn": self.head_bn}
         return (torch.cat([zero, images]), *rest), kwargs
 
     def _split(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -120,9 +120,10 @@ class ZUTParams(BaseModel):
     base: str = Field("erm", description="the method whose loss ZUT regularises (a registered method "
                       "with the default training step: erm, us, os, uw, di, ...)")
     base_params: dict[str, Any] = Field(default_factory=dict, description="the base method's own parameters")
-    zero_running_stats: bool = Field(False, description="segmentation: the head's separate pass on the zero "
-                                     "image also updates its BatchNorm running statistics (the official code; "
-                                     "see the docstring for why the default does not)")
+    zero_head_bn: ApartBatchNorm = Field("frozen", description="segmentation: how the head's BatchNorm treats the "
+                                         "zero image's separate pass: train (its own statistics, running ones "
+                                         "updated: the official code), frozen (its own statistics, running ones "
+                                         "untouched) or eval (the running statistics, as at inference)")
 
     @model_validator(mode="after")
     def _known_base(self) -> ZUTParams:
@@ -171,7 +172,7 @@ class ZUT(Method):
         if segmentation and not isinstance(model, Segmenter):
             raise FairError("method.name: zut needs a segmentation model built as fair_core.models.Segmenter "
                             "(an encoder and a decode head it can call apart)")
-        self.zero = ZeroInput(model, decode_apart=segmentation, running_stats=self.params.zero_running_stats)
+        self.zero = ZeroInput(model, decode_apart=segmentation, head_bn=self.params.zero_head_bn)
         return model
 
     def configure_optimizers(self, model, make_optimizer):

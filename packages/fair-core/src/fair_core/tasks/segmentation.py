@@ -176,7 +176,7 @@ class SegmenterModel(FairModel, pipeline_tag="image-segmentation", tags=["fairne
         size, inference = images.shape[-2:], self.fair_config.get("inference", {"mode": "whole"})
         if inference["mode"] == "slide":
             def logits(x: Tensor) -> Tensor:
-                return slide_logits(self, x, inference["crop_size"], inference["stride"])
+                return resize_logits(slide_logits(self, x, inference["crop_size"], inference["stride"]), size)
         else:
             def logits(x: Tensor) -> Tensor:
                 return resize_logits(self(x).float(), size)
