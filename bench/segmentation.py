@@ -10,7 +10,8 @@ erm's (the hooks act in training mode only).
                                  [--windows 5] [--warmup 5] [--device auto|cpu|cuda] [--amp]
 
 On a CPU every setting not given takes a smaller default (256 px, batch 4, 3 timed windows of one
-step after 1 warmup step; about 2-3 minutes on 2 cores) and the output says which. On a GPU (e.g. one H200), fp32 then bf16 autocast:
+step after 1 warmup step; about 3 minutes on 2 busy cores) and the output says which. On a GPU
+(e.g. one H200), fp32 then bf16 autocast:
 
     python bench/segmentation.py --device cuda --size 512 --batch 16 --steps 10 --windows 5 --warmup 5
     python bench/segmentation.py --device cuda --size 512 --batch 16 --steps 10 --windows 5 --warmup 5 --amp

@@ -126,8 +126,10 @@ def zero_image_spread(run_dir) -> float:
 
 
 def test_zut_makes_the_zero_image_uninformative_for_the_classifier(tmp_path, erm):
-    """ZUT's loss drives the zero image's class scores together: their std fell from 3.1/3.9/...
-    to 0.02/... (examples/quickstart.json, train seeds 0/1/2). It targets class bias, not the
-    colour shortcut of this dataset: worst-group accuracy moved by ... (see the issue note)."""
+    """ZUT's loss drives the zero image's class scores together: their std (evaluation mode) fell
+    from 3.07/3.86/3.47 (ERM) to 0.016/0.010/0.004 (examples/quickstart.json, 8 epochs, train
+    seeds 0/1/2). ZUT targets class bias, not this dataset's colour shortcut: worst-group accuracy
+    went from 0.573/0.714/0.706 to 0.520/0.693/0.681 and accuracy from 0.780/0.857/0.853 to
+    0.759/0.842/0.841, so only the mechanism is asserted."""
     result = run_method(tmp_path, "zut")
     assert zero_image_spread(result["spec"]["output_dir"]) < 0.25 * zero_image_spread(erm["spec"]["output_dir"])
