@@ -7,7 +7,7 @@ from fair_core.plugins import get_registry
 from fair_core.runner import resolve
 from fair_core.spec import load_spec
 
-METHODS = {"erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac"}
+METHODS = {"erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "zut"}
 
 
 def test_all_methods_are_registered_by_fair_methods():
