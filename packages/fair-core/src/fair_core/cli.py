@@ -51,9 +51,11 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. --set train.epochs=1")] = [],  # noqa: B006
     output_dir: Annotated[str | None, typer.Option("--output-dir", help="override output_dir")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last complete epoch")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run already in the output folder")] = False,
     num_processes: Annotated[int, typer.Option("--num-processes", min=1, help="data-parallel processes (torchrun)")] = 1,
 ) -> None:
     """Train and evaluate the run described by SPEC_FILE."""
+    from .run_folder import CLAIMED_ENV, RunFolder
     from .runner import run as run_spec
     from .spec import load_spec
 
@@ -62,11 +64,24 @@ def run(
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
                    "-m", "fair_core.cli", "run", str(spec_file), *(f"--set={item}" for item in set_),
                    *(["--output-dir", output_dir] if output_dir else []), *(["--resume"] if resume else [])]
-        raise typer.Exit(subprocess.call(command))
-    result = run_spec(spec, resume=resume)
+        # this process holds the output folder for the run's processes, so that a refusal is one line here
+        folder = RunFolder(spec.output_dir)
+        try:
+            with folder.claim(spec.model_dump(mode="json"), resume, overwrite, world_size=num_processes):
+                code = subprocess.call(command, env={**os.environ, CLAIMED_ENV: str(folder.path.resolve())})
+                if code:
+                    raise ProcessesFailed(f"the run's processes exited with code {code}")
+        except ProcessesFailed:
+            raise typer.Exit(code) from None
+        return
+    result = run_spec(spec, resume=resume, overwrite=overwrite)
     if result:
         print_result(result)
         console.print(f"outputs in {spec.output_dir}")
+
+
+class ProcessesFailed(Exception):
+    """The processes of a multi-process run failed (they reported why themselves)."""
 
 
 @app.command("list")

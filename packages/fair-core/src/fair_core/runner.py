@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, open_no_follow, write_text
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
@@ -40,6 +40,7 @@ from .method import Method, TrainingData
 from .metrics import Metric
 from .models import ModelBuilder
 from .plugins import Registry, get_registry
+from .run_folder import RunFolder, differing_fields
 from .spec import RunSpec, TrainSpec, validate_params
 from .tasks import Evaluation, Task
 
@@ -154,7 +155,11 @@ class JsonLinesTracker(GeneralTracker):
     def tracker(self):
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a" if self.append else "w", encoding="utf-8")
+            try:
+                self._handle = open_no_follow(self.path, self.append)
+            except OSError as exc:
+                raise FairError(f"output_dir: cannot write {self.path}: {exc.strerror or exc} "
+                                f"(a symlink there is refused)") from None
         return self._handle
 
     def store_init_configuration(self, values: dict) -> None:
@@ -224,6 +229,29 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
                         f"the previous checkpoint (if any) is kept") from None
 
 
+def check_resumable(state: dict[str, Any], spec: RunSpec, world_size: int, path: Path) -> None:
+    """Refuse a resume that cannot end where the interrupted run would have, saying why: a
+    result-determining field of the spec changed (output_dir, eval, logging and workers may), the
+    number of processes changed (the data order and batch statistics depend on it), or the
+    checkpoint's epoch is not one the spec's training reaches."""
+    saved = state.get("spec")
+    changed = differing_fields(saved, spec.model_dump(mode="json")) if isinstance(saved, dict) else ["spec: missing"]
+    if changed:
+        shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise FairError(f"--resume: the spec differs from the one of the checkpoint {path} in {shown}")
+    saved_world = state.get("world_size", 1)
+    if saved_world != world_size:
+        raise FairError(f"--resume: the checkpoint {path} was written by a run of {saved_world} process(es), this "
+                        f"run has {world_size}; resume with --num-processes {saved_world} (bit-for-bit resume "
+                        f"depends on the number of processes)")
+    epoch, step = state.get("epoch"), state.get("global_step")
+    last = spec.train.epochs - 1 if spec.train.max_steps is None else spec.train.max_steps - 1
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= last
+            and isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise FairError(f"--resume: the checkpoint {path} records epoch {epoch!r} and step {step!r}, which the spec's "
+                        f"training does not reach; it is not this run's checkpoint")
+
+
 # --------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs one resolved spec: pre-process, build, train, post-process, evaluate, write outputs.
@@ -281,7 +309,13 @@ class Trainer:
         self.accelerator.log({k: _plain(v) for k, v in values.items()}, step=self.global_step)
 
     # ------------------------------------------------------------------ the run
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Claim the output folder (:class:`~fair_core.run_folder.RunFolder`) and run."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        with RunFolder(self.output_dir).claim(self.spec.model_dump(mode="json"), resume, overwrite, world_size):
+            return self._fit(resume, world_size)
+
+    def _fit(self, resume: bool, world_size: int) -> dict[str, Any]:
         spec, run, task = self.spec, self.run_spec, self.run_spec.task
         seed_everything(spec.train.seed)
         data = spec.data
@@ -292,8 +326,8 @@ class Trainer:
 
         checkpoint_path = self.output_dir / CHECKPOINT
         state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
-        if state is not None and state["spec"] != spec.model_dump(mode="json"):
-            raise FairError(f"--resume: the spec differs from the one of the checkpoint in {self.output_dir}")
+        if state is not None:
+            check_resumable(state, spec, world_size, checkpoint_path)
 
         trackers: list[Any] = [JsonLinesTracker(self.output_dir / "log.jsonl", append=state is not None)]
         try:
@@ -347,6 +381,7 @@ class Trainer:
                     "optimizers": [o.state_dict() for o in self.optimizers],
                     "schedulers": [s.state_dict() for s in schedulers],
                     "method": method.state_dict(),
+                    "world_size": accelerator.num_processes,
                 })
             accelerator.wait_for_everyone()
 
@@ -450,10 +485,10 @@ class Trainer:
         write_text(out / "metrics.json", json.dumps(result, indent=2))
 
 
-def run(spec: RunSpec, resume: bool = False, registry: Registry | None = None) -> dict[str, Any]:
+def run(spec: RunSpec, resume: bool = False, registry: Registry | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Validate and run ``spec`` (and push it when ``hub.push`` is set); returns metrics.json's content."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = Trainer(resolve(spec, registry)).fit(resume=resume)
+    result = Trainer(resolve(spec, registry)).fit(resume=resume, overwrite=overwrite)
     if result and spec.hub.push:
         from .hub import push_run
 
