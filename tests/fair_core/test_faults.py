@@ -1,15 +1,20 @@
-"""Faults: fuzzed specs, a diverging loss, a full disk."""
+"""Faults: fuzzed specs, config.json files, checkpoints and metrics.json files; a diverging loss;
+a full disk (as OSError and as safetensors reports it)."""
 
 import errno
 import json
+import shutil
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import torch
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from conftest import small_spec
 from fair_core import Method
-from fair_core.checkpoint import load_checkpoint
+from fair_core.checkpoint import load_checkpoint, save_checkpoint
 from fair_core.errors import FairError
 from fair_core.plugins import Entry, get_registry
 from fair_core.runner import run
@@ -101,3 +106,221 @@ def test_undecodable_spec_file(tmp_path):
     path.write_text(json.dumps({"train": {"epochs": 0}}))
     with pytest.raises(FairError, match="train.epochs: Input should be greater than or equal to 1"):
         parse_spec(read_spec_file(path))
+
+
+def test_disk_full_as_safetensors_reports_it_while_saving_the_checkpoint(tmp_path, monkeypatch):
+    """safetensors reports a full disk as SafetensorError, not OSError: still one line, the previous checkpoint kept."""
+    import fair_core.checkpoint as checkpoint
+
+    spec = parse_spec(small_spec(tmp_path / "out", train={"epochs": 2}))
+    real_save = checkpoint.save_file
+    calls = {"n": 0}
+
+    def save_file_then_fail(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with open(filename, "wb") as handle:
+                handle.write(b"partial")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file_then_fail)
+    with pytest.raises(FairError, match="cannot write the checkpoint .*No space left on device") as error:
+        run(spec, registry=get_registry(refresh=True))
+    assert "\n" not in str(error.value)
+    assert load_checkpoint(tmp_path / "out/checkpoint.safetensors")["epoch"] == 0
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_disk_full_while_writing_the_results_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import fair_core.hub as hub
+
+    spec = parse_spec(small_spec(tmp_path / "out", train={"epochs": 1}))
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(hub, "save_model", full)
+    with pytest.raises(FairError, match="cannot write the results to .*No space left on device") as error:
+        run(spec, registry=get_registry(refresh=True))
+    assert "\n" not in str(error.value)
+    state = load_checkpoint(tmp_path / "out/checkpoint.safetensors")
+    assert state["post_trained"] and state["epoch"] == 0  # the trained weights are not stranded
+    assert not (tmp_path / "out/model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- fuzz: config.json, checkpoints, metrics.json
+def assert_one_line(exc: FairError) -> None:
+    message = str(exc)
+    assert message and "\n" not in message and len(message) <= 10_000
+    event("refused")
+
+
+def mutated(base, path, value, delete):
+    """``base`` (parsed JSON) with the node at ``path`` (indices into sorted keys / list items) replaced by
+    ``value``, or deleted."""
+    data = json.loads(json.dumps(base))
+    if not path:
+        return value
+    node = data
+    for step, index in enumerate(path):
+        if isinstance(node, dict) and node:
+            key = sorted(node)[index % len(node)]
+        elif isinstance(node, list) and node:
+            key = index % len(node)
+        else:
+            return data
+        if step == len(path) - 1 or not isinstance(node[key], (dict, list)):
+            if delete and isinstance(node, dict):
+                del node[key]
+            else:
+                node[key] = value
+            return data
+        node = node[key]
+    return data
+
+
+mutations = st.tuples(st.lists(st.integers(0, 40), min_size=1, max_size=5), json_values, st.booleans())
+
+
+@pytest.fixture(scope="module")
+def fuzz_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fuzz-model") / "run"
+    spec = small_spec(out, train={"epochs": 1}, eval={"bootstrap": 10},
+                      data={"params": {"train_size": 64, "val_size": 8, "test_size": 16, "image_size": 16}})
+    run(parse_spec(spec))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutations, json_values.map(lambda v: ((), v, False)), st.binary(max_size=100)))
+def test_fuzzed_config_json_loads_or_gives_one_line(fuzz_model, tmp_path_factory, case):
+    from fair_core.hub import from_pretrained
+
+    folder = tmp_path_factory.getbasetemp() / "fuzz-config"
+    if not folder.exists():
+        shutil.copytree(fuzz_model, folder)
+    if isinstance(case, bytes):
+        (folder / "config.json").write_bytes(case)
+    else:
+        base = json.loads((fuzz_model / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(mutated(base, *case)))
+    try:
+        from_pretrained(folder)
+        event("loaded")
+    except FairError as exc:
+        assert_one_line(exc)
+
+
+def fuzz_state():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    state = {"epoch": 1, "global_step": 3, "post_trained": False, "spec": {"x": 1}, "model": model.state_dict(),
+             "optimizers": [optimizer.state_dict()], "schedulers": [{"last_epoch": 1}], "method": {}}
+    return model, [optimizer], state
+
+
+def check_loaded(path, model, optimizers) -> None:
+    from fair_core.checkpoint import check_resume_state
+
+    try:
+        state = load_checkpoint(path)
+        event("loaded")
+        check_resume_state(state, model, optimizers, 3, path)
+        event("resumable")
+    except FairError as exc:
+        assert_one_line(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 10_000), st.binary(min_size=1, max_size=16), st.booleans())
+def test_fuzzed_checkpoint_bytes_load_or_give_one_line(tmp_path_factory, position, patch, truncate):
+    model, optimizers, state = fuzz_state()
+    path = tmp_path_factory.getbasetemp() / "fuzz.safetensors"
+    save_checkpoint(path, state)
+    data = bytearray(path.read_bytes())
+    position %= len(data)
+    data = data[:position] if truncate else data[:position] + patch + data[position + len(patch):]
+    path.write_bytes(bytes(data))
+    check_loaded(path, model, optimizers)
+
+
+markers = st.recursive(
+    st.none() | st.integers() | st.floats() | st.text(max_size=4)
+    | st.fixed_dictionaries({"__tensor__": st.sampled_from(["t0", "t1", "t9"]) | st.integers()}),
+    lambda children: st.lists(children, max_size=3)
+    | st.fixed_dictionaries({"__dict__": st.lists(st.tuples(json_values, children).map(list) | children, max_size=3)})
+    | st.fixed_dictionaries({"__tuple__": st.lists(children, max_size=3) | children})
+    | st.dictionaries(st.text(max_size=4), children, max_size=2),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(markers | st.text(max_size=30))
+def test_fuzzed_checkpoint_structures_load_or_give_one_line(tmp_path_factory, skeleton):
+    model, optimizers, _ = fuzz_state()
+    path = tmp_path_factory.getbasetemp() / "fuzz-structure.safetensors"
+    text = skeleton if isinstance(skeleton, str) else json.dumps(skeleton)
+    save_file({"t0": torch.zeros(4), "t1": torch.zeros(4, 3)}, str(path), metadata={"fair_state": text})
+    check_loaded(path, model, optimizers)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6),
+       json_values | st.sampled_from([(0,), (4,), (4, 3), (2, 2)]).map(torch.zeros), st.booleans())
+def test_fuzzed_resume_states_pass_or_give_one_line(path, value, delete):
+    from fair_core.checkpoint import check_resume_state
+
+    model, optimizers, state = fuzz_state()
+    node = state
+    for step, index in enumerate(path):
+        keys = sorted(node, key=str) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        key = keys[index % len(keys)]
+        if step == len(path) - 1 or not isinstance(node[key], (dict, list)):
+            if delete and isinstance(node, dict):
+                del node[key]
+            else:
+                node[key] = value
+            break
+        node = node[key]
+    try:
+        check_resume_state(state, model, optimizers, 3, "checkpoint.safetensors")
+        event("resumable")
+    except FairError as exc:
+        assert_one_line(exc)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutations, json_values.map(lambda v: ((), v, False)), st.binary(max_size=100)))
+def test_fuzzed_metrics_json_compares_or_gives_one_line(fuzz_model, tmp_path_factory, case):
+    from fair_core.report import comparison_rows
+
+    folder = tmp_path_factory.getbasetemp() / "fuzz-metrics"
+    folder.mkdir(exist_ok=True)
+    if isinstance(case, bytes):
+        (folder / "metrics.json").write_bytes(case)
+    else:
+        base = json.loads((fuzz_model / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps(mutated(base, *case)))
+    try:
+        header, rows = comparison_rows([fuzz_model, folder])
+        assert all(isinstance(cell, str) for row in rows for cell in row)
+        event("compared")
+    except FairError as exc:
+        assert_one_line(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_random_yaml_spec_text_gives_a_spec_or_one_line(tmp_path_factory, text):
+    path = tmp_path_factory.getbasetemp() / "fuzz.yaml"
+    path.write_bytes(text.encode("utf-8", "replace"))
+    try:
+        parse_spec(read_spec_file(path))
+    except FairError as exc:
+        assert_one_line(exc)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import FAIR, small_spec
+from conftest import FAIR, small_spec, write_jpeg
 from fair_core.checkpoint import load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
@@ -98,13 +98,17 @@ def test_outputs_get_normal_permissions_and_leftover_temporary_files_are_removed
 
 
 def test_the_folder_records_a_failed_run_and_its_reason(tmp_path, write_spec):
+    root = tmp_path / "UTKFace"
+    root.mkdir()
+    for i in range(20):
+        write_jpeg(root / f"{20 + i}_{i % 2}_{i % 5}_2017011{i:04d}.jpg", i, (12, 12))
+    (root / "25_1_0_20170119999.jpg").write_bytes(b"")  # found before training, once the folder is claimed
     out = tmp_path / "out"
-    spec = quick(out)
-    spec["data"] = {"name": "celeba", "params": {"root": str(tmp_path / "missing")}, "target": "Blond_Hair"}
-    result = fair("run", str(write_spec(spec)))
-    assert result.returncode == 2
+    spec = small_spec(out, data={"name": "utkface", "params": {"root": str(root), "image_size": 12}},
+                      train={"epochs": 1}, eval={"bootstrap": 0, "split": "train"})
+    assert fair("run", str(write_spec(spec))).returncode == 2
     record = json.loads((out / "run.json").read_text())
-    assert record["state"] == "failed" and "data.params.root" in record["error"] and record["method"] == "erm"
+    assert record["state"] == "failed" and "unreadable" in record["error"] and record["method"] == "erm"
 
 
 def test_resume_from_a_moved_folder_and_with_new_evaluation_settings_finishes_the_run(tmp_path, write_spec):
@@ -127,8 +131,8 @@ def test_resume_names_the_fields_that_differ(tmp_path, write_spec):
 
 
 @pytest.mark.parametrize("change,needle", [
-    ({"epoch": 10**6}, "records epoch 1000000"),
-    ({"epoch": -3}, "records epoch -3"),
+    ({"epoch": 10**6}, "epoch is 1000000, outside [0, 1)"),
+    ({"epoch": -3}, "epoch is -3, outside [0, 1)"),
     ({"world_size": 2}, "was written by a run of 2 process(es), this run has 1; resume with --num-processes 2"),
 ])
 def test_resume_refuses_a_checkpoint_the_run_cannot_continue(tmp_path, write_spec, change, needle):

@@ -125,14 +125,16 @@ def schema() -> None:
 @app.command()
 def compare(run_dirs: Annotated[list[Path], typer.Argument(help="run output folders")]) -> None:
     """One table of the metrics of several runs."""
+    from rich.markup import escape
+
     from .report import comparison_rows
 
-    header, rows = comparison_rows(run_dirs)
+    header, rows = comparison_rows(run_dirs)  # checked metrics.json files, or one error line naming the file
     table = Table(title="runs")
-    for column in header:
-        table.add_column(column, justify="left" if column in {"run", "task", "method", "dataset"} else "right")
+    for column in header:  # names read from the files are text, not rich markup
+        table.add_column(escape(column), justify="left" if column in {"run", "task", "method", "dataset"} else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
 
 
@@ -143,10 +145,12 @@ def push(
     private: Annotated[bool, typer.Option("--private", help="create the repository as private")] = False,
 ) -> None:
     """Upload a run's model, config, metrics and model card to the Hugging Face Hub."""
+    from rich.markup import escape
+
     from .hub import push_run
 
     url = push_run(run_dir, repo_id, private=private)
-    console.print(f"pushed {run_dir} to {repo_id}: {url}")
+    console.print(escape(f"pushed {run_dir} to {repo_id}: {url}"), highlight=False)
 
 
 @app.command()
@@ -156,38 +160,42 @@ def predict(
 ) -> None:
     """Print what MODEL says of each image file: the class (classifier), the classes covering the
     most pixels (segmenter), or the cosine similarity of every pair of images (face model)."""
+    from rich.markup import escape
+
     from .hub import from_pretrained, read_image
     from .tasks import ClassifierModel, EmbedderModel, SegmenterModel
 
-    fair_model = from_pretrained(model)
-    pictures = [read_image(path).unsqueeze(0) for path in images]
+    fair_model = from_pretrained(model)  # config.json checked and bounded before anything is built
+    pictures = [read_image(path).unsqueeze(0) for path in images]  # each bounded in pixels
+    # class names (from config.json), paths and the model id are text, not rich markup
+    shown = escape(model)
     if isinstance(fair_model, ClassifierModel):
-        table = Table(title=f"predictions of {model}")
+        table = Table(title=f"predictions of {shown}")
         for column in ("image", "prediction", "probability"):
             table.add_column(column, justify="right" if column == "probability" else "left")
         for path, picture in zip(images, pictures, strict=True):
             probs = fair_model.predict_proba(picture)[0]
             best = int(probs.argmax())
-            table.add_row(str(path), fair_model.class_names[best], f"{probs[best]:.4f}")
+            table.add_row(escape(str(path)), escape(fair_model.class_names[best]), f"{probs[best]:.4f}")
     elif isinstance(fair_model, SegmenterModel):
-        table = Table(title=f"segmentation by {model}: the classes covering the most pixels")
+        table = Table(title=f"segmentation by {shown}: the classes covering the most pixels")
         for column in ("image", "size", "classes (share of the pixels)"):
             table.add_column(column)
         for path, picture in zip(images, pictures, strict=True):
             labels = fair_model.segment(picture)[0]
             shares = torch.bincount(labels.flatten(), minlength=len(fair_model.class_names)).double() / labels.numel()
             top = shares.argsort(descending=True)[:3].tolist()
-            table.add_row(str(path), f"{labels.shape[1]}x{labels.shape[0]}",
-                          ", ".join(f"{fair_model.class_names[k]} {shares[k]:.1%}" for k in top if shares[k] > 0))
+            table.add_row(escape(str(path)), f"{labels.shape[1]}x{labels.shape[0]}",
+                          escape(", ".join(f"{fair_model.class_names[k]} {shares[k]:.1%}" for k in top if shares[k] > 0)))
     elif isinstance(fair_model, EmbedderModel):
         embeddings = torch.cat([fair_model.embed(picture) for picture in pictures])
         similarity = embeddings @ embeddings.T
-        table = Table(title=f"cosine similarity of the embeddings of {model}")
+        table = Table(title=f"cosine similarity of the embeddings of {shown}")
         table.add_column("image")
         for path in images:
-            table.add_column(path.name, justify="right")
+            table.add_column(escape(path.name), justify="right")
         for path, row in zip(images, similarity.tolist(), strict=True):
-            table.add_row(str(path), *(f"{v:.4f}" for v in row))
+            table.add_row(escape(str(path)), *(f"{v:.4f}" for v in row))
     else:
         raise FairError(f"{model}: a {fair_model.task} model; fair predict knows classifiers, segmenters and face "
                         f"models; load it with fair_core.from_pretrained")
@@ -199,12 +207,20 @@ app.add_typer(data_app, name="data")
 
 
 @data_app.command("check")
-def data_check(spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")]) -> None:
+def data_check(
+    spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec")],
+    images: Annotated[bool, typer.Option("--images", help="also decode every image (and mask) of every split "
+                                                          "and list the unreadable ones (exit 2 if any)")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding "
+                                                                  "the images (0: this process)")] = 0,
+) -> None:
     """Load every split of the spec's dataset and print its (target x group) cell counts."""
-    from .data_stats import split_cell_counts
+    from .data_stats import split_cell_counts, unreadable_images
     from .spec import load_spec
 
     spec = load_spec(spec_file)
+    unreadable: list[str] = []
+    decoded = 0
     for table in split_cell_counts(spec):
         info = table.info
         rich_table = Table(title=f"{spec.data.name} {table.split}: {table.total} images, "
@@ -215,6 +231,21 @@ def data_check(spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run 
         for y, name in enumerate(table.rows):
             rich_table.add_row(name, *(str(int(n)) for n in table.counts[y]))
         console.print(rich_table)
+        if images:
+            failed = unreadable_images(table.dataset, workers, desc=f"decoding {table.split}")
+            files = len(set(table.dataset.rows.tolist()))
+            decoded += files
+            console.print(f"{table.split}: " + (f"{len(failed)} unreadable file(s) among {files} images" if failed
+                                                else f"all {files} images decode"), highlight=False, markup=False)
+            unreadable += [f"{table.split}: {line}" for line in failed]
+    if unreadable:
+        shown = 20
+        for line in unreadable[:shown]:
+            errors.print(f"unreadable: {line}", markup=False, highlight=False, soft_wrap=True)
+        if len(unreadable) > shown:
+            errors.print(f"... and {len(unreadable) - shown} more unreadable files", highlight=False)
+        raise FairError(f"{len(unreadable)} unreadable file(s) among the {decoded} images of {spec.data.name} "
+                        f"(listed above)")
 
 
 @data_app.command("stats")
@@ -236,9 +267,19 @@ def cli() -> None:
     try:
         app(standalone_mode=True)
     except FairError as exc:
-        errors.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"error: {error_line(exc)}", highlight=False, soft_wrap=True, markup=False)
         sys.exit(2)
 
+
+def error_line(exc: FairError) -> str:
+    """The one line of a user error. A FairError raised in a DataLoader worker reaches the main
+    process as a new FairError whose text is the worker's whole traceback: its own message is
+    what follows the traceback's last ``fair_core.errors.FairError:``."""
+    text = str(exc) or type(exc).__name__
+    marker = f"{FairError.__module__}.{FairError.__name__}: "
+    if text.startswith("Caught FairError in DataLoader worker") and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
 
 if __name__ == "__main__":
     cli()

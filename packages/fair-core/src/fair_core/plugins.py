@@ -36,6 +36,9 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "metrics": {n: "fair-face" for n in ("tpr_at_fpr", "tpr_gap", "worst_group_tpr", "fpr_ratio", "group_tpr", "group_fpr")},
     "tasks": {},
 }
+# The project's own distributions: the only names an error ever tells the user to `pip install`
+# (a model's config.json names a package too, but whoever wrote the file chose that name).
+KNOWN_PACKAGES = frozenset({"fair-core", "fair-data", "fair-methods", "fair-face"})
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,11 @@ class Registry:
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def normalise_package(name: str) -> str:
+    """A distribution name as pip compares them (``Fair_Methods`` is ``fair-methods``)."""
+    return _normalise(name)
 
 
 def _plugin_manager(warnings: list[str]) -> tuple[pluggy.PluginManager, dict[object, tuple[str, str]]]:

@@ -1,5 +1,9 @@
 """Run results: ``metrics.json`` from evaluation counts, ``predictions.csv``, and the comparison
-of several runs (``fair compare``)."""
+of several runs (``fair compare``).
+
+A ``metrics.json`` read back (by ``fair compare``, ``from_pretrained``, ``fair push``) is untrusted:
+a regular file of at most :data:`MAX_METRICS_BYTES`, JSON, and valid as :class:`MetricsFile` (the
+sections and types the tables and model cards read), else one :class:`FairError` line naming it."""
 
 from __future__ import annotations
 
@@ -7,19 +11,36 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from .atomic import write_text
 from .data import DataInfo, FairDataset
 from .errors import FairError
 from .metrics import Metric, bootstrap_confidence_interval, group_accuracy
+from .spec import MAX_LIST_ITEMS, MAX_NAME_CHARS, validation_message
+from .untrusted import check_nesting, read_bounded, size_text
 
 SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
+
+# A run's metrics.json is a few KB (per-group and per-class tables: 150 ADE20K classes are ~30 KB);
+# 8 MiB leaves a wide margin and keeps parsing the worst 8 MiB of JSON under 1 GB.
+MAX_METRICS_BYTES = 8 * 2**20
+# Sections nest 3 levels (plus the spec's params): as the spec's bound.
+MAX_METRICS_DEPTH = 32
+# List items and object entries in all: 10 000 group rows of 20 columns fit; caps the walks over it.
+MAX_METRICS_ITEMS = 500_000
+# Metrics in one section, rows of one table (groups: the intersections of the sensitive attributes).
+MAX_METRIC_ENTRIES = 10_000
+# The bootstrap draws bootstrap x groups x classes^2 doubles at once (and the metrics a few
+# temporaries of that size): 1 GiB of draws is 1000 replicates of 2 groups x 366 classes.
+MAX_BOOTSTRAP_BYTES = 2**30
 
 
 def number(value: Tensor | float) -> float | None:
@@ -37,6 +58,8 @@ def summarize(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The ``overall`` / ``groups`` / ``fairness`` / ``intervals`` sections of metrics.json."""
+    if bootstrap > 0:
+        check_bootstrap_memory(bootstrap, counts.shape[-1], counts.shape[0])
     per_group = group_accuracy(counts)
     sizes = counts.sum((-1, -2))
     result: dict[str, Any] = {"overall": {}, "groups": [], "fairness": {}, "intervals": {}}
@@ -52,6 +75,19 @@ def summarize(
         result["confidence"] = confidence
         result["bootstrap"] = bootstrap
     return result
+
+
+def check_bootstrap_memory(bootstrap: int, num_classes: int, num_groups: int) -> None:
+    """A :class:`FairError` naming ``eval.bootstrap`` when its replicates of the ``(groups, classes,
+    classes)`` counts would take more than :data:`MAX_BOOTSTRAP_BYTES`: callable as soon as the data
+    is known, before training, so a run never fails for it after training."""
+    cells = num_groups * num_classes * num_classes
+    needed = bootstrap * cells * 8
+    if needed > MAX_BOOTSTRAP_BYTES:
+        most = MAX_BOOTSTRAP_BYTES // (cells * 8)
+        raise FairError(f"eval.bootstrap: {bootstrap} replicates of {num_groups} groups x {num_classes}^2 cells take "
+                        f"{size_text(needed)}, more than the {size_text(MAX_BOOTSTRAP_BYTES)} of "
+                        f"fair_core.report.MAX_BOOTSTRAP_BYTES; use at most {most}, or 0 for no intervals")
 
 
 def write_predictions(path: Path, dataset: FairDataset, index: Tensor, scores: Tensor) -> None:
@@ -70,26 +106,94 @@ def write_predictions(path: Path, dataset: FairDataset, index: Tensor, scores: T
     write_text(path, buffer.getvalue())
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FairError(f"{run_dir}: no metrics.json (not a finished run)")
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+Value = float | None  # strict float takes ints; JSON NaN / Infinity are floats too
+Row = Annotated[dict[Name, str | Value], Field(max_length=MAX_LIST_ITEMS)]
+Metrics = Annotated[dict[Name, Value], Field(max_length=MAX_METRIC_ENTRIES)]
+
+
+class _Section(BaseModel):
+    # strict: written by fair with exactly these types; unknown sections (a task's own) are tolerated
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class _Named(_Section):
+    name: Name
+
+
+class _SpecRef(_Section):
+    method: _Named
+    data: _Named
+
+
+class _DataRef(_Section):
+    dataset: Name | None = None
+    split: Name | None = None
+
+
+class MetricsFile(_Section):
+    """What ``metrics.json`` must hold for the tables, ``fair compare`` and the model card."""
+
+    task: Name = "classification"
+    spec: _SpecRef
+    data: _DataRef = Field(default_factory=_DataRef)
+    overall: Metrics
+    fairness: Metrics
+    groups: list[Row] = Field(min_length=1, max_length=MAX_METRIC_ENTRIES)
+    classes: list[Row] | None = Field(None, max_length=MAX_METRIC_ENTRIES)
+    intervals: Annotated[dict[Name, Annotated[list[Value], Field(min_length=2, max_length=2)]],
+                         Field(max_length=MAX_METRIC_ENTRIES)] = Field(default_factory=dict)
+    confidence: float | None = Field(None, gt=0, lt=1)
+
+
+def read_metrics_file(path: str | Path) -> dict[str, Any]:
+    """The ``metrics.json`` at ``path``, checked (bounded, JSON, :class:`MetricsFile`)."""
+    path = Path(path)
+    raw = read_bounded(path, MAX_METRICS_BYTES, "fair_core.report.MAX_METRICS_BYTES", "metrics.json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        metrics = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FairError(f"{path}: unreadable metrics.json: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise FairError(f"{path}: unreadable metrics.json: {exc.msg}") from None
+        raise FairError(f"{path}: unreadable metrics.json: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise FairError(f"{path}: unreadable metrics.json: nested too deeply "
+                        f"(limit {MAX_METRICS_DEPTH} levels, fair_core.report.MAX_METRICS_DEPTH)") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise FairError(f"{path}: unreadable metrics.json: {str(exc)[:200]}") from None
+    if not isinstance(metrics, dict):
+        raise FairError(f"{path}: not a run's metrics (an object with spec, overall, fairness, groups)")
+    check_nesting(metrics, MAX_METRICS_DEPTH, "fair_core.report.MAX_METRICS_DEPTH", str(path),
+                  MAX_METRICS_ITEMS, "fair_core.report.MAX_METRICS_ITEMS")
+    try:
+        MetricsFile.model_validate(metrics)
+    except ValidationError as exc:
+        raise FairError(f"{path}: {validation_message(exc)}") from None
+    return metrics
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """The checked ``metrics.json`` of the run folder ``run_dir``."""
+    path = Path(run_dir) / "metrics.json"
+    if not os.path.lexists(path):
+        raise FairError(f"{run_dir}: no metrics.json (not a finished run)")
+    return read_metrics_file(path)
 
 
 def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per run) of the comparison table: the union of the runs' overall
     and fairness metrics (``-`` where a run has none, e.g. runs of different tasks)."""
-    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
-    keys: list[tuple[str, str]] = []
+    runs = []
+    for d in run_dirs:  # only what the table shows is kept of each run
+        m = read_metrics(d)
+        runs.append((Path(d), {"overall": m["overall"], "fairness": m["fairness"], "spec": m["spec"],
+                               "task": m.get("task", "classification")}))
+    keys: dict[tuple[str, str], None] = {}  # insertion-ordered set
     for _, m in runs:
         for section in ("overall", "fairness"):
             for k in m.get(section, {}):
-                if k not in SIZE_KEYS and (section, k) not in keys:
-                    keys.append((section, k))
+                if k not in SIZE_KEYS:
+                    keys.setdefault((section, k))
     header = ["run", "task", "method", "dataset", *(k for _, k in keys)]
     rows = []
     for path, m in runs:

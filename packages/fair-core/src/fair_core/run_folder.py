@@ -127,7 +127,7 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FairError(f"output_dir: cannot create {self.path}: {exc.strerror or exc}") from None
+            raise FairError(f"output_dir: cannot write to {self.path}: {exc.strerror or exc}") from None
 
     def _holder(self) -> str:
         record = read_record(self.path) or {}

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import atomic_path, open_no_follow, write_text
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
 from .hub import model_config, write_model_files
@@ -40,7 +40,7 @@ from .method import Method, TrainingData
 from .metrics import Metric
 from .models import ModelBuilder
 from .plugins import Registry, get_registry
-from .run_folder import RunFolder, differing_fields
+from .run_folder import RunFolder, differing_fields, is_main_process
 from .spec import RunSpec, TrainSpec, validate_params
 from .tasks import Evaluation, Task
 
@@ -229,11 +229,24 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
                         f"the previous checkpoint (if any) is kept") from None
 
 
+def check_readable(dataset: FairDataset, split: str, workers: int) -> None:
+    """Decode every image (and mask) of ``dataset`` once; a :class:`FairError` naming the
+    unreadable files (the first three, and how many) otherwise."""
+    from .data_stats import unreadable_images
+
+    bad = unreadable_images(dataset, workers, desc=f"checking the {split} images")
+    if bad:
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise FairError(f"data: {len(bad)} unreadable file(s) in the {split} split, found before training: "
+                        f"{'; '.join(bad[:3])}{more} (`fair data check --images` lists them all)")
+
+
 def check_resumable(state: dict[str, Any], spec: RunSpec, world_size: int, path: Path) -> None:
     """Refuse a resume that cannot end where the interrupted run would have, saying why: a
     result-determining field of the spec changed (output_dir, eval, logging and workers may), the
-    number of processes changed (the data order and batch statistics depend on it), or the
-    checkpoint's epoch is not one the spec's training reaches."""
+    number of processes changed (the data order and batch statistics depend on it). The
+    checkpoint's content against the model (:func:`~fair_core.checkpoint.check_resume_state`) is
+    checked once the model is built."""
     saved = state.get("spec")
     changed = differing_fields(saved, spec.model_dump(mode="json")) if isinstance(saved, dict) else ["spec: missing"]
     if changed:
@@ -244,12 +257,6 @@ def check_resumable(state: dict[str, Any], spec: RunSpec, world_size: int, path:
         raise FairError(f"--resume: the checkpoint {path} was written by a run of {saved_world} process(es), this "
                         f"run has {world_size}; resume with --num-processes {saved_world} (bit-for-bit resume "
                         f"depends on the number of processes)")
-    epoch, step = state.get("epoch"), state.get("global_step")
-    last = spec.train.epochs - 1 if spec.train.max_steps is None else spec.train.max_steps - 1
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= last
-            and isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        raise FairError(f"--resume: the checkpoint {path} records epoch {epoch!r} and step {step!r}, which the spec's "
-                        f"training does not reach; it is not this run's checkpoint")
 
 
 # --------------------------------------------------------------------------- trainer
@@ -310,19 +317,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-        """Claim the output folder (:class:`~fair_core.run_folder.RunFolder`) and run."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        with RunFolder(self.output_dir).claim(self.spec.model_dump(mode="json"), resume, overwrite, world_size):
-            return self._fit(resume, world_size)
-
-    def _fit(self, resume: bool, world_size: int) -> dict[str, Any]:
+        """Read the data (a bad spec writes nothing), claim the output folder
+        (:class:`~fair_core.run_folder.RunFolder`), and run."""
         spec, run, task = self.spec, self.run_spec, self.run_spec.task
-        seed_everything(spec.train.seed)
         data = spec.data
         train_set = run.dataset.load(data.train_split, data.target, data.sensitive, train=True, task=task)
         eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False, task=task)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        with RunFolder(self.output_dir).claim(spec.model_dump(mode="json"), resume, overwrite, world_size):
+            return self._fit(train_set, eval_set, resume, world_size)
+
+    def _fit(self, train_set: FairDataset, eval_set: FairDataset, resume: bool, world_size: int) -> dict[str, Any]:
+        spec, run, task = self.spec, self.run_spec, self.run_spec.task
+        seed_everything(spec.train.seed)
         info = train_set.info
         _check_writable(self.output_dir)
+        if is_main_process():  # an unreadable evaluation image must not strand a trained model
+            check_readable(eval_set, spec.eval.split, spec.train.num_workers)
 
         checkpoint_path = self.output_dir / CHECKPOINT
         state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
@@ -362,6 +373,7 @@ class Trainer:
 
         start_epoch, post_trained = 0, False
         if state is not None:
+            check_resume_state(state, accelerator.unwrap_model(model), self.optimizers, self.epochs, checkpoint_path, schedulers)
             accelerator.unwrap_model(model).load_state_dict(state["model"])
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)

@@ -3,31 +3,67 @@
 Every section forbids unknown keys. The ``params`` of the data, model and method sections are
 checked against the chosen plugin's own ``Params`` model by :func:`resolve`, so an error names the
 full path (``method.params.alpha``); ``eval.params`` against the task's ``EvalParams``. Every problem becomes one :class:`FairError` line.
+
+A spec file is untrusted input with explicit bounds (the constants below): its size, its nesting,
+no YAML aliases, the range of every number that sizes an allocation (seed, bootstrap, milestones),
+and the size of what an error message quotes of it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import FairError
+from .untrusted import check_nesting, quote, read_bounded
+
+# --------------------------------------------------------------------------- bounds
+# A spec is a few hundred bytes; 1 MiB leaves room for long lists and keeps reading and parsing
+# it (with MAX_SPEC_ITEMS) well under a second and its memory in megabytes.
+MAX_SPEC_BYTES = 2**20
+# Sections and plugin params nest 3-4 levels; 32 keeps every recursive consumer (pydantic,
+# json.dumps, the checkpoint's JSON) far from Python's recursion limit.
+MAX_SPEC_DEPTH = 32
+# Values in all (list items, object entries): a spec holds hundreds; 100 000 leaves room for long
+# lists and keeps YAML's node graph (~0.5 KB a value) and every walk over the spec small.
+MAX_SPEC_ITEMS = 100_000
+# Plugin, attribute, split and metric names are identifiers; bounded so no message echoes a huge one.
+MAX_NAME_CHARS = 200
+# Lists a person writes (metrics, sensitive attributes, milestones); also bounds how many
+# validation errors one list can produce.
+MAX_LIST_ITEMS = 256
+# Linux PATH_MAX: a longer output_dir cannot be opened anyway.
+MAX_PATH_CHARS = 4096
+# numpy seeds are 32-bit (np.random.seed), and the epoch seeds derived from it stay within torch's 64 bits.
+MAX_SEED = 2**32 - 1
+# The bootstrap allocates bootstrap x cells doubles (cells = groups x classes^2): 10 000 replicates
+# is the customary upper end (the Monte Carlo error of a 95% percentile interval is then well
+# below its width) and stays at 16 MB for 10 classes x 2 groups; 1e9 would be 64 GB after training.
+MAX_BOOTSTRAP = 10_000
+# How many validation errors one message lists (the rest are counted).
+MAX_ERRORS_SHOWN = 5
+# What a validation message may quote of pydantic's own text (it can embed a custom validator's input).
+MAX_ERROR_TEXT = 300
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf/nan in any float field (lr, momentum, gamma, ...): every one of them scales training
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSpec(_Section):
-    name: str = Field("synthetic", description="registered dataset name (see `fair list`)")
+    name: Name = Field("synthetic", description="registered dataset name (see `fair list`)")
     params: dict[str, Any] = Field(default_factory=dict, description="the dataset's own parameters")
-    target: str | None = Field(None, description="target attribute; the dataset's default when omitted")
-    sensitive: list[str] | None = Field(
-        None, description="protected attribute(s); several give intersectional groups"
+    target: Name | None = Field(None, description="target attribute; the dataset's default when omitted")
+    sensitive: list[Name] | None = Field(
+        None, max_length=MAX_LIST_ITEMS, description="protected attribute(s); several give intersectional groups"
     )
-    train_split: str = "train"
+    train_split: Name = "train"
 
     @field_validator("sensitive", mode="before")
     @classmethod
@@ -36,12 +72,12 @@ class DataSpec(_Section):
 
 
 class ModelSpec(_Section):
-    name: str = Field("small_cnn", description="registered model name")
+    name: Name = Field("small_cnn", description="registered model name")
     params: dict[str, Any] = Field(default_factory=dict, description="the model's own parameters")
 
 
 class MethodSpec(_Section):
-    name: str = Field("erm", description="registered fairness method name")
+    name: Name = Field("erm", description="registered fairness method name")
     params: dict[str, Any] = Field(default_factory=dict, description="the method's own parameters")
 
 
@@ -57,8 +93,8 @@ class TrainSpec(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["none", "cosine", "multistep", "poly"] = "none"
-    milestones: list[float] = Field(
-        default_factory=lambda: [1 / 3, 2 / 3],
+    milestones: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [1 / 3, 2 / 3], max_length=MAX_LIST_ITEMS,
         description="multistep: fractions of the training (epochs, or max_steps) at which the lr is multiplied by gamma",
     )
     gamma: float = Field(0.1, gt=0, le=1)
@@ -66,16 +102,18 @@ class TrainSpec(_Section):
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="poly: lr_min as a fraction of the lr "
                                  "(mmseg's eta_min / lr; 1 keeps the lr constant, as ZUT's ADE20K config)")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds python, numpy and torch (numpy takes 32 bits)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     log_every: int = Field(20, ge=1, description="log the training loss every N steps")
 
 
 class EvalSpec(_Section):
-    split: str = "test"
-    metrics: list[str] | None = Field(None, description="metric names; all registered metrics when omitted")
+    split: Name = "test"
+    metrics: list[Name] | None = Field(None, max_length=MAX_LIST_ITEMS,
+                                       description="metric names; all registered metrics when omitted")
     batch_size: int = Field(256, ge=1)
-    bootstrap: int = Field(1000, ge=0, description="bootstrap replicates for confidence intervals (0: none)")
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP,
+                           description="bootstrap replicates for confidence intervals (0: none)")
     confidence: float = Field(0.95, gt=0, lt=1)
     params: dict[str, Any] = Field(default_factory=dict, description="the task's own evaluation parameters "
                                    "(verification: flip, fpr, block_size; segmentation: per_image)")
@@ -83,7 +121,7 @@ class EvalSpec(_Section):
 
 class HubSpec(_Section):
     push: bool = Field(False, description="push the trained model and its card to the Hugging Face Hub at the end")
-    repo_id: str | None = Field(None, description="org/name of the Hub repository")
+    repo_id: Name | None = Field(None, description="org/name of the Hub repository")
     private: bool = False
 
     @model_validator(mode="after")
@@ -101,23 +139,30 @@ class RunSpec(_Section):
     method: MethodSpec = Field(default_factory=MethodSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    output_dir: str = Field("runs/default", description="where the run writes its outputs")
+    output_dir: str = Field("runs/default", max_length=MAX_PATH_CHARS, description="where the run writes its outputs")
     hub: HubSpec = Field(default_factory=HubSpec)
-    task: str | None = Field(None, description="registered task: classification, verification, segmentation, ... "
-                             "(see `fair list`); the dataset's own task when omitted")
+    task: Name | None = Field(None, description="registered task: classification, verification, segmentation, ... "
+                              "(see `fair list`); the dataset's own task when omitted")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("a path cannot hold a NUL byte")
+        return value
 
 
 # --------------------------------------------------------------------------- error messages
 def _describe(error: dict[str, Any], model: type[BaseModel] | None) -> str:
     kind, msg = error["type"], error["msg"]
+    if len(msg) > MAX_ERROR_TEXT:
+        msg = msg[: MAX_ERROR_TEXT - 3] + "..."
     if kind == "extra_forbidden" and model is not None:
         allowed = _allowed_fields(model, error["loc"][:-1])
         return f"unknown field; allowed: {', '.join(allowed)}" if allowed else "unknown field (this takes no parameters)"
     if kind not in {"missing", "extra_forbidden"} and "input" in error:
-        shown = json.dumps(error["input"], default=str)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        return f"{msg} (got {shown})"
+        # quoted lazily and bounded: a YAML alias bomb or a 50 MB string costs what is shown
+        return f"{msg} (got {quote(error['input'])})"
     return msg
 
 
@@ -132,17 +177,24 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _loc_part(part: Any) -> str:
-    """A field name as it reads in a message: plain names as they are, others JSON-quoted (one line)."""
-    return str(part) if isinstance(part, int) or str(part).isidentifier() else json.dumps(str(part))
+    """A field name as it reads in a message: plain names as they are, others JSON-quoted (one
+    line, bounded: a key can be as long as the input)."""
+    if isinstance(part, int):
+        return str(part)
+    text = str(part)
+    return text if text.isidentifier() and len(text) <= MAX_NAME_CHARS else quote(text)
 
 
 def validation_message(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    """One line for all errors of ``exc``: ``field.path: what is wrong``, joined by ``; ``."""
+    """One line for the errors of ``exc``: ``field.path: what is wrong``, joined by ``; `` (the
+    first :data:`MAX_ERRORS_SHOWN`, then how many more)."""
     parts = []
-    for error in exc.errors():
-        loc = ".".join(_loc_part(p) for p in error["loc"])
+    for error in exc.errors(include_url=False)[:MAX_ERRORS_SHOWN]:
+        loc = ".".join(_loc_part(p) for p in error["loc"][:12]) + ("..." if len(error["loc"]) > 12 else "")
         where = ".".join(p for p in (prefix, loc) if p) or "spec"
         parts.append(f"{where}: {_describe(error, model)}")
+    if exc.error_count() > MAX_ERRORS_SHOWN:
+        parts.append(f"and {exc.error_count() - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts)
 
 
@@ -155,30 +207,82 @@ def validate_params(params_model: type[BaseModel], params: dict[str, Any], prefi
 
 
 # --------------------------------------------------------------------------- loading
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """Parse a JSON or YAML spec file into a dict (no validation yet)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FairError(f"spec file not found: {path}")
+def _yaml_events_within_bounds(yaml, loader, text: str, path: Path, what: str) -> None:
+    """One streaming pass over the YAML events, before anything is composed: refuse aliases (a spec
+    has no need for them, and they are what expands a 1 KB file to 10**9 values, an alias bomb, or
+    to a cycle; anchors alone are harmless), more than :data:`MAX_SPEC_ITEMS` values and nesting
+    deeper than :data:`MAX_SPEC_DEPTH`."""
+    depth = items = 0
+    for event in yaml.parse(text, Loader=loader):
+        mark = event.start_mark
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        if isinstance(event, yaml.AliasEvent):
+            raise FairError(f"{path}: invalid YAML{at}: YAML aliases (*{str(event.anchor)[:40]}) are not supported "
+                            f"in a {what}; write the value out")
+        if isinstance(event, (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            items += 1
+            if items > MAX_SPEC_ITEMS:
+                raise FairError(f"{path}: invalid {what}: more than {MAX_SPEC_ITEMS} values "
+                                f"(fair_core.spec.MAX_SPEC_ITEMS)")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                raise FairError(f"{path}: invalid {what}{at}: nested more than {MAX_SPEC_DEPTH} levels deep "
+                                f"(fair_core.spec.MAX_SPEC_DEPTH)")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def parse_text(text: str, path: Path, yaml_format: bool, what: str = "spec") -> Any:
+    """JSON or YAML ``text`` of the file ``path``; a problem is one line named by the parser that
+    met it (and where). YAML is read with yaml's safe loader (no tag builds an object), after a
+    streaming check of its events (:func:`_yaml_events_within_bounds`)."""
+    if not yaml_format:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FairError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise FairError(f"{path}: invalid {what}: JSON nested too deeply (a {what} may nest {MAX_SPEC_DEPTH} levels, "
+                            f"fair_core.spec.MAX_SPEC_DEPTH)") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise FairError(f"{path}: invalid JSON: {str(exc)[:MAX_ERROR_TEXT]}") from None
+        check_nesting(data, MAX_SPEC_DEPTH, "fair_core.spec.MAX_SPEC_DEPTH", str(path),
+                      MAX_SPEC_ITEMS, "fair_core.spec.MAX_SPEC_ITEMS")
+        return data
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: faster, smaller
     try:
-        text = path.read_text(encoding="utf-8")
+        _yaml_events_within_bounds(yaml, loader, text, path, what)
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise FairError(f"{path}: invalid YAML{where}: {exc.problem or exc.context}") from None
+    except FairError:
+        raise
+    except RecursionError:
+        raise FairError(f"{path}: invalid {what}: YAML nested too deeply (a {what} may nest {MAX_SPEC_DEPTH} levels, "
+                        f"fair_core.spec.MAX_SPEC_DEPTH)") from None
+    except Exception as exc:  # yaml.YAMLError, a value YAML cannot convert (an int of 5000 digits)
+        raise FairError(f"{path}: invalid YAML: {type(exc).__name__}: {str(exc)[:MAX_ERROR_TEXT]}") from None
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON or YAML spec file into a dict (no validation yet): a regular file of at most
+    :data:`MAX_SPEC_BYTES`, YAML for ``.yaml``/``.yml``, JSON otherwise."""
+    path = Path(path)
+    raw = read_bounded(path, MAX_SPEC_BYTES, "fair_core.spec.MAX_SPEC_BYTES", "spec file")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FairError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise FairError(f"{path}: cannot read the spec: {exc.strerror or exc}") from None
-    try:
-        if path.suffix.lower() in {".yaml", ".yml"}:
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FairError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise FairError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    data = parse_text(text, path, path.suffix.lower() in {".yaml", ".yml"})
     if not isinstance(data, dict):
         raise FairError(f"{path}: a spec must be an object with sections data, model, method, train, eval")
+    check_nesting(data, MAX_SPEC_DEPTH, "fair_core.spec.MAX_SPEC_DEPTH", str(path),
+                  MAX_SPEC_ITEMS, "fair_core.spec.MAX_SPEC_ITEMS")
     return data
 
 
@@ -187,23 +291,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise FairError(f"--set {item!r}: expected FIELD=VALUE, e.g. train.epochs=1")
+            raise FairError(f"--set {quote(item)}: expected FIELD=VALUE, e.g. train.epochs=1")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except (RecursionError, ValueError):
+            raise FairError(f"--set {quote(key.strip())}: the value nests too deeply or holds too large a number") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise FairError(f"--set {key}: {part} is not a section")
+                raise FairError(f"--set {quote(key)}: {quote(part)} is not a section")
             node = child
         node[parts[-1]] = value
     return data
 
 
 def parse_spec(data: dict[str, Any]) -> RunSpec:
+    check_nesting(data, MAX_SPEC_DEPTH, "fair_core.spec.MAX_SPEC_DEPTH", "spec",
+                  MAX_SPEC_ITEMS, "fair_core.spec.MAX_SPEC_ITEMS")
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:

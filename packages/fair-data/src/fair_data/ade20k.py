@@ -43,13 +43,24 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .images import IMAGENET, STORE_HELP, ImageStoreKind
+from .images import (
+    IMAGENET,
+    STORE_HELP,
+    ZIP_ERRORS,
+    ImageStoreKind,
+    decode_text,
+    one_line,
+    open_image,
+    open_zip,
+    quote,
+    read_bytes,
+    read_member,
+)
 
 FOLDER = "ADEChallengeData2016"
 SPLIT_FOLDERS = {"train": "training", "validation": "validation", "test": "validation"}
@@ -134,10 +145,8 @@ class FolderSource:
         return sorted(p.name for p in path.iterdir() if p.name.endswith(suffix))
 
     def read(self, name: str) -> bytes:
-        try:
-            return (self.folder / name).read_bytes()
-        except FileNotFoundError:
-            raise FairError(f"file not found: {self.where(name)}") from None
+        """The bytes of the file ``name`` (at most :data:`~fair_data.images.MAX_FILE_BYTES`)."""
+        return read_bytes(self.folder / name, "file")
 
 
 class ZipSource:
@@ -146,19 +155,20 @@ class ZipSource:
     Each process opens its own handle; an open archive is never pickled nor shared after a fork."""
 
     def __init__(self, path: Path, in_memory: bool):
-        self.path, self._archive, self._pid = path, None, 0
-        try:
-            self.data = path.read_bytes() if in_memory else None
-            self.members = frozenset(self._open().namelist())
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise FairError(f"corrupt zip {path}: {exc}") from None
+        self.path = path
+        self._archive, self.data = open_zip(path, in_memory)  # in memory: at most MAX_ZIP_IN_MEMORY_BYTES
+        self._pid = os.getpid()
+        self.members = frozenset(self._archive.namelist())
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_archive": None}
 
     def _open(self) -> zipfile.ZipFile:
         if self._archive is None or self._pid != os.getpid():
-            self._archive = zipfile.ZipFile(io.BytesIO(self.data) if self.data is not None else self.path)
+            try:
+                self._archive = zipfile.ZipFile(io.BytesIO(self.data) if self.data is not None else self.path)
+            except ZIP_ERRORS as exc:
+                raise FairError(f"corrupt zip {self.path}: {type(exc).__name__}: {one_line(exc)}") from None
             self._pid = os.getpid()
         return self._archive
 
@@ -176,12 +186,9 @@ class ZipSource:
         return sorted(n for n in names if "/" not in n and n.endswith(suffix))
 
     def read(self, name: str) -> bytes:
-        try:
-            return self._open().read(f"{FOLDER}/{name}")
-        except KeyError:
-            raise FairError(f"file not found: {self.where(name)}") from None
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise FairError(f"corrupt zip {self.path}: {exc}") from None
+        """The bytes of member ``name``, checked first (:func:`~fair_data.images.read_member`: size,
+        compression ratio, encryption); a corrupt member is one line naming ``archive:member``."""
+        return read_member(self._open(), f"{FOLDER}/{name}", self.path)
 
 
 Source = FolderSource | ZipSource
@@ -199,24 +206,26 @@ def open_source(root: Path, kind: ImageStoreKind) -> Source:
 
 
 def decode_image(raw: bytes, where: str) -> Tensor:
-    """A JPEG as a float ``(3, H, W)`` tensor in [0, 1], at full resolution."""
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
+    """A JPEG as a float ``(3, H, W)`` tensor in [0, 1], at full resolution (at most
+    :data:`~fair_data.images.MAX_IMAGE_PIXELS`, checked on the header before decoding)."""
+    with open_image(io.BytesIO(raw), where) as image:
+        try:
             pixels = np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise FairError(f"corrupt image {where}: {exc}") from None
+        except Exception as exc:  # PIL's decoders raise OSError, ValueError, ... on corrupt data
+            raise FairError(f"corrupt image {where}: {one_line(exc)}") from None
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float().div_(255)
 
 
 def decode_mask(raw: bytes, where: str) -> Tensor:
-    """An annotation PNG's raw values (mode L or P) as a uint8 ``(H, W)`` mask of class indices."""
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.mode not in ("L", "P"):
-                raise FairError(f"annotation {where}: mode {image.mode}, expected an 8-bit single-channel PNG (L or P)")
+    """An annotation PNG's raw values (mode L or P) as a uint8 ``(H, W)`` mask of class indices (at
+    most :data:`~fair_data.images.MAX_IMAGE_PIXELS`, checked on the header before decoding)."""
+    with open_image(io.BytesIO(raw), where) as image:
+        if image.mode not in ("L", "P"):
+            raise FairError(f"annotation {where}: mode {image.mode}, expected an 8-bit single-channel PNG (L or P)")
+        try:
             values = np.array(image)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise FairError(f"corrupt annotation {where}: {exc}") from None
+        except Exception as exc:  # PIL's decoders raise OSError, ValueError, ... on corrupt data
+            raise FairError(f"corrupt annotation {where}: {one_line(exc)}") from None
     return torch.from_numpy(REDUCE_ZERO_LABEL[values])
 
 
@@ -228,7 +237,7 @@ def parse_scenes(text: str, where: str) -> dict[str, str]:
         if len(parts) == 2:
             scenes[parts[0]] = parts[1]
         elif parts:
-            raise FairError(f"{where}: line {number}: expected 'image scene', got {line.strip()!r}")
+            raise FairError(f"{where}: line {number}: expected 'image scene', got {quote(line.strip())}")
     return scenes
 
 
@@ -437,7 +446,8 @@ class ADE20K(DatasetBuilder):
             if chosen is not None:
                 raise FairError(f"data.params.scenes: no scene file: {source.where(SCENE_FILE)}")
             return {}, {}
-        scene_of = parse_scenes(source.read(SCENE_FILE).decode(), source.where(SCENE_FILE))
+        where = source.where(SCENE_FILE)
+        scene_of = parse_scenes(decode_text(source.read(SCENE_FILE), where), where)
         unknown = [s for s in chosen or () if s not in scene_of.values()]
         if unknown:
             raise FairError(f"data.params.scenes: unknown scene {unknown[0]!r} in {source.where(SCENE_FILE)}")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, quote, read_text, require
 
 PARTITIONS = {"train": 0, "val": 1, "test": 2}
 
@@ -40,22 +40,54 @@ def value_names(attribute: str) -> tuple[str, str]:
 
 
 def read_attributes(path: Path) -> tuple[list[str], list[str], torch.Tensor]:
-    """File names, attribute names and the 0/1 attribute table of list_attr_celeba.txt."""
-    lines = require(path, "attribute file").read_text().splitlines()
-    try:
-        names = lines[1].split()
-        files, rows = [], []
-        for number, line in enumerate(lines[2:], start=3):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != len(names) + 1:
-                raise ValueError(f"line {number} has {len(parts) - 1} values, expected {len(names)}")
-            files.append(parts[0])
+    """File names, attribute names and the 0/1 attribute table of list_attr_celeba.txt (a count
+    line, a line of attribute names, then "000001.jpg -1 1 ..." rows of 1 / -1 values)."""
+    lines = read_text(path, "attribute file").splitlines()
+    if len(lines) < 2 or not lines[1].split():
+        raise FairError(f"{path}: not a CelebA attribute file: expected a count line, then a line of attribute names")
+    names = lines[1].split()
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise FairError(f"{path}: line 2: attribute {quote(name)} named twice")
+        seen.add(name)
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != len(names) + 1:
+            raise FairError(f"{path}: line {number}: {len(parts) - 1} values, expected {len(names)} "
+                            f"(a file name, then 1 or -1 for each attribute)")
+        try:
             rows.append([int(v) > 0 for v in parts[1:]])
-    except (IndexError, ValueError) as exc:
-        raise FairError(f"{path}: not a CelebA attribute file: {exc}") from None
+        except ValueError:
+            bad = next((j for j, v in enumerate(parts[1:]) if not _is_int(v)), 0)
+            raise FairError(f"{path}: line {number}: value {quote(parts[1 + bad])} of {names[bad]}, expected 1 or -1") from None
+        files.append(parts[0])
     return files, names, torch.tensor(rows, dtype=torch.long).reshape(len(files), len(names))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_partition(path: Path) -> dict[str, int]:
+    """``{"000001.jpg": 0, ...}`` from list_eval_partition.txt ("000001.jpg 0" lines; 0 train, 1 valid, 2 test)."""
+    partition = {}
+    for number, line in enumerate(read_text(path, "partition file").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise FairError(f"{path}: line {number}: expected 'file partition' with partition 0 (train), 1 (val) "
+                            f"or 2 (test), got {quote(line.strip())}")
+        partition[parts[0]] = int(parts[1])
+    return partition
 
 
 class CelebA(DatasetBuilder):
@@ -73,11 +105,7 @@ class CelebA(DatasetBuilder):
     def read_split(self, split: str) -> SplitData:
         root = require(self.params.root, "CelebA root")
         files, names, table = read_attributes(root / "list_attr_celeba.txt")
-        partition = {}
-        for line in require(root / "list_eval_partition.txt", "partition file").read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                partition[parts[0]] = int(parts[1])
+        partition = read_partition(root / "list_eval_partition.txt")
         missing = [f for f in files if f not in partition]
         if missing:
             raise FairError(f"{root / 'list_eval_partition.txt'}: no partition for {len(missing)} images, e.g. {missing[0]}")
@@ -93,6 +121,10 @@ class CelebA(DatasetBuilder):
         )
 
     def _blond_subset(self, keep: torch.Tensor, names: list[str], table: torch.Tensor) -> torch.Tensor:
+        missing = [name for name in ("Blond_Hair", "Male") if name not in names]
+        if missing:
+            raise FairError(f"data.params.blond_subset: {self.params.root / 'list_attr_celeba.txt'} has no "
+                            f"{' or '.join(missing)} attribute, which the blond subset needs")
         blond, male = table[:, names.index("Blond_Hair")], table[:, names.index("Male")]
         cell = torch.nonzero(keep & (blond == 0) & (male == 0)).flatten()
         generator = torch.Generator().manual_seed(self.params.seed)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
 from .celeba import read_attributes, value_names
-from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, quote, read_text, require
 
 # First original CelebA index of the val and test partitions (list_eval_partition.txt).
 CELEBA_VAL_START, CELEBA_TEST_START = 162_770, 182_637
@@ -39,7 +39,7 @@ class CelebAHQParams(BaseModel):
 def read_partition(path: Path) -> dict[str, str]:
     """``{"0.jpg": "train", ...}`` from the CelebA-HQ to CelebA mapping file."""
     partition = {}
-    for number, line in enumerate(require(path, "mapping file").read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "mapping file").splitlines(), start=1):
         parts = line.split()
         if not parts or parts[0] == "idx":
             continue
@@ -47,7 +47,7 @@ def read_partition(path: Path) -> dict[str, str]:
             original = int(parts[1])
             int(parts[0])
         except (IndexError, ValueError):
-            raise FairError(f"{path}: line {number} is not 'idx orig_idx orig_file': {line.strip()!r}") from None
+            raise FairError(f"{path}: line {number} is not 'idx orig_idx orig_file': {quote(line.strip())}") from None
         split = "train" if original < CELEBA_VAL_START else "val" if original < CELEBA_TEST_START else "test"
         partition[f"{parts[0]}.jpg"] = split
     return partition

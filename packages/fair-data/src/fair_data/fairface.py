@@ -16,6 +16,7 @@ the ``test`` split here, and ``val`` is a seeded ``val_fraction`` of the officia
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
-from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store, require
+from .images import IMAGENET, STORE_HELP, ImageStoreKind, one_line, open_store, quote, read_text, require
 
 RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
 GENDERS = ("Male", "Female")
@@ -44,19 +45,27 @@ class FairFaceParams(BaseModel):
 
 
 def read_labels(path: Path) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Image names and the race/gender/age codes of one FairFace label CSV."""
-    with require(path, "label file").open(newline="") as handle:
-        reader = csv.DictReader(handle)
+    """Image names and the race/gender/age codes of one FairFace label CSV (UTF-8, at most
+    :data:`~fair_data.images.MAX_FILE_BYTES`); a malformed row is one line naming its line."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "label file"), newline=""))
+    try:
         missing = [c for c in ("file", *VALUES) if c not in (reader.fieldnames or [])]
         if missing:
             raise FairError(f"{path}: missing column(s) {', '.join(missing)}; expected file,age,gender,race")
+        columns = len(reader.fieldnames)
         files, codes = [], {name: [] for name in VALUES}
-        for number, row in enumerate(reader, start=2):
+        for row in reader:
+            number = reader.line_num
+            if None in row or None in row.values():  # more fields than the header (key None) or fewer (value None)
+                found = columns + len(row.get(None, ())) if None in row else sum(v is not None for v in row.values())
+                raise FairError(f"{path}: line {number}: {found} columns, expected {columns} ({','.join(reader.fieldnames)})")
             for name, allowed in VALUES.items():
                 if row[name] not in allowed:
-                    raise FairError(f"{path}: line {number}: unknown {name} {row[name]!r}; allowed: {', '.join(allowed)}")
+                    raise FairError(f"{path}: line {number}: unknown {name} {quote(row[name])}; allowed: {', '.join(allowed)}")
                 codes[name].append(allowed.index(row[name]))
             files.append(row["file"])
+    except csv.Error as exc:
+        raise FairError(f"{path}: line {reader.line_num + 1}: not a CSV row: {one_line(exc)}") from None
     return files, {name: torch.tensor(v, dtype=torch.long) for name, v in codes.items()}
 
 

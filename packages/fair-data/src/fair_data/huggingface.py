@@ -84,7 +84,7 @@ class HFImages:
         if isinstance(value, dict):  # an undecoded Image: embedded bytes or a file path
             return decode(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"], where, self.size)
         if isinstance(value, Image.Image):
-            return to_tensor(value, self.size)
+            return to_tensor(value, self.size, where)
         raise FairError(f"data.params.image_column: {where} is a {type(value).__name__}, not an image")
 
 

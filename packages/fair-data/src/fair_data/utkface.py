@@ -27,7 +27,7 @@ from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 
 from .images import IMAGENET, STORE_HELP, ImageStoreKind, open_store
 
-NAME = re.compile(r"^(\d+)_([01])_([0-4])_(\d+)\.jpg(\.chip\.jpg)?$")
+NAME = re.compile(r"^(\d{1,3})_([01])_([0-4])_(\d+)\.jpg(\.chip\.jpg)?$")  # ages 0-999 (UTKFace's: 1-116)
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 
 

@@ -22,10 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..atomic import atomic_path
+from ..checkpoint import write_safetensors
 from ..data import DataInfo, FairDataset
 from ..hub import FairModel
 from ..metrics import Metric
@@ -187,8 +186,7 @@ class VerificationTask(Task):
         info = evaluation.dataset.info
         metadata = {"identity_names": json.dumps(list(evaluation.dataset.split.values[info.target])),
                     "group_names": json.dumps(list(info.group_names)), "flip": json.dumps(state.params.flip)}
-        with atomic_path(directory / EMBEDDINGS) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        write_safetensors(directory / EMBEDDINGS, tensors, metadata)
 
     def card_target(self, data: dict[str, Any]) -> str:
         return f" to tell the identities (`{data['target']}`) apart"
