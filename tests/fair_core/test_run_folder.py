@@ -142,3 +142,19 @@ def test_resume_refuses_a_checkpoint_the_run_cannot_continue(tmp_path, write_spe
     state = load_checkpoint(out / "checkpoint.safetensors")
     save_checkpoint(out / "checkpoint.safetensors", {**state, **change})
     one_line(fair("run", str(spec), "--resume"), needle)
+
+
+def test_compare_tells_a_run_that_has_not_finished(tmp_path, write_spec):
+    out = tmp_path / "out"
+    assert fair("run", str(write_spec(quick(out)))).returncode == 0
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "state": "failed", "error": "killed"}))
+    one_line(fair("compare", str(out)), f"{out}: the run there is failed, not finished")
+
+
+def test_compare_tells_a_killed_run(tmp_path, write_spec):
+    out = tmp_path / "out"
+    assert fair("run", str(write_spec(quick(out)))).returncode == 0
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "state": "running"}))  # as a SIGKILL leaves it
+    one_line(fair("compare", str(out)), "the run there is interrupted, not finished")

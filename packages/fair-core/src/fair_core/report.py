@@ -183,8 +183,14 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
 def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[list[str]]]:
     """Header and rows (one per run) of the comparison table: the union of the runs' overall
     and fairness metrics (``-`` where a run has none, e.g. runs of different tasks)."""
+    from .run_folder import run_state
+
     runs = []
     for d in run_dirs:  # only what the table shows is kept of each run
+        state = run_state(Path(d))
+        if state not in (None, "finished"):  # None: a folder of an older version, without run.json
+            raise FairError(f"{d}: the run there is {state}, not finished; its results (if any) are not this run's: "
+                            f"compare it once it has finished")
         m = read_metrics(d)
         runs.append((Path(d), {"overall": m["overall"], "fairness": m["fairness"], "spec": m["spec"],
                                "task": m.get("task", "classification")}))

@@ -87,6 +87,21 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def run_state(folder: Path) -> str | None:
+    """``finished``, ``failed``, ``running``, ``interrupted`` (recorded as running, but no process
+    holds the lock: killed) or ``None`` (no run.json, e.g. a folder of an older version)."""
+    state = (read_record(folder) or {}).get("state")
+    if state == "running" and (folder / LOCK_FILE).exists():
+        lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return "running"
+        lock.release()
+        return "interrupted"
+    return state
+
+
 class RunFolder:
     """The output folder of one run (see the module docstring)."""
 
