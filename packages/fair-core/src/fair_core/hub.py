@@ -37,7 +37,7 @@ from .data import DataInfo, Preprocessing
 from .errors import FairError
 from .plugins import KNOWN_PACKAGES, KNOWN_PROVIDERS, SINGULAR, get_registry, normalise_package
 from .spec import MAX_LIST_ITEMS, MAX_NAME_CHARS, validate_params, validation_message
-from .untrusted import check_nesting, quote, read_bounded, regular_file
+from .untrusted import check_nesting, quote, read_json, regular_file
 
 if TYPE_CHECKING:
     from .runner import ResolvedRun
@@ -165,20 +165,8 @@ def validate_config(config: Any, source: str = CONFIG) -> ModelConfigFile:
 def read_config(path: str | Path) -> Any:
     """The parsed ``config.json`` at ``path``, a regular file of at most :data:`MAX_CONFIG_BYTES`
     (checked by :func:`validate_config` next)."""
-    path = Path(path)
-    raw = read_bounded(path, MAX_CONFIG_BYTES, "fair_core.hub.MAX_CONFIG_BYTES", CONFIG)
-    try:
-        config = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise FairError(f"{path}: unreadable config.json: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise FairError(f"{path}: unreadable config.json: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise FairError(f"{path}: unreadable config.json: nested too deeply "
-                        f"(limit {MAX_CONFIG_DEPTH} levels, fair_core.hub.MAX_CONFIG_DEPTH)") from None
-    except ValueError as exc:  # an integer of more than 4300 digits
-        raise FairError(f"{path}: unreadable config.json: {str(exc)[:200]}") from None
-    return config
+    return read_json(path, MAX_CONFIG_BYTES, "fair_core.hub.MAX_CONFIG_BYTES", CONFIG,
+                     f"limit {MAX_CONFIG_DEPTH} levels, fair_core.hub.MAX_CONFIG_DEPTH")
 
 
 def model_config(run: ResolvedRun, info: DataInfo) -> dict[str, Any]:

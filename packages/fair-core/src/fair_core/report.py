@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from .data import DataInfo, FairDataset
 from .errors import FairError
 from .metrics import Metric, bootstrap_confidence_interval, group_accuracy
 from .spec import MAX_LIST_ITEMS, MAX_NAME_CHARS, validation_message
-from .untrusted import check_nesting, read_bounded, size_text
+from .untrusted import check_nesting, read_json, size_text
 
 SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
 
@@ -149,18 +148,8 @@ class MetricsFile(_Section):
 def read_metrics_file(path: str | Path) -> dict[str, Any]:
     """The ``metrics.json`` at ``path``, checked (bounded, JSON, :class:`MetricsFile`)."""
     path = Path(path)
-    raw = read_bounded(path, MAX_METRICS_BYTES, "fair_core.report.MAX_METRICS_BYTES", "metrics.json")
-    try:
-        metrics = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise FairError(f"{path}: unreadable metrics.json: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise FairError(f"{path}: unreadable metrics.json: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise FairError(f"{path}: unreadable metrics.json: nested too deeply "
-                        f"(limit {MAX_METRICS_DEPTH} levels, fair_core.report.MAX_METRICS_DEPTH)") from None
-    except ValueError as exc:  # an integer of more than 4300 digits
-        raise FairError(f"{path}: unreadable metrics.json: {str(exc)[:200]}") from None
+    metrics = read_json(path, MAX_METRICS_BYTES, "fair_core.report.MAX_METRICS_BYTES", "metrics.json",
+                        f"limit {MAX_METRICS_DEPTH} levels, fair_core.report.MAX_METRICS_DEPTH")
     if not isinstance(metrics, dict):
         raise FairError(f"{path}: not a run's metrics (an object with spec, overall, fairness, groups)")
     check_nesting(metrics, MAX_METRICS_DEPTH, "fair_core.report.MAX_METRICS_DEPTH", str(path),

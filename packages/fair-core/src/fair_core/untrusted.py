@@ -78,6 +78,24 @@ def regular_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def read_json(path: str | Path, max_bytes: int, bound: str, what: str, depth_bound: str) -> Any:
+    """The parsed JSON file ``path`` (read by :func:`read_bounded`); text that is not UTF-8, not
+    JSON, nested past Python's recursion limit (``depth_bound`` names the caller's depth bound) or
+    holding an integer of more than 4300 digits is one line naming the file."""
+    path = Path(path)
+    raw = read_bounded(path, max_bytes, bound, what)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FairError(f"{path}: unreadable {what}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise FairError(f"{path}: unreadable {what}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise FairError(f"{path}: unreadable {what}: nested too deeply ({depth_bound})") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise FairError(f"{path}: unreadable {what}: {str(exc)[:200]}") from None
+
+
 class _Full(Exception):
     pass
 

@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from fair_core import FairError
+from fair_core.untrusted import read_bounded
 
 COLOR_VALUES = ("colour", "grayscale")  # value names of a colour-vs-grayscale protected attribute
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 luma weights (PIL's "L" mode)
@@ -214,22 +215,14 @@ def open_zip(path: Path, in_memory: bool) -> tuple[zipfile.ZipFile, bytes | None
 
 def read_bytes(path: Path, what: str, bound: int = MAX_FILE_BYTES, bound_name: str = "MAX_FILE_BYTES",
                hint: str = "") -> bytes:
-    """The bytes of the regular file ``path``, refused (one line) above ``bound`` bytes."""
+    """The bytes of the regular file ``path`` (:func:`fair_core.untrusted.read_bounded`: a FIFO or
+    a file above ``bound`` bytes is one line naming it and ``fair_data.images.<bound_name>``)."""
     try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise FairError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise FairError(f"unreadable {what} {path}: {exc.strerror or one_line(exc)}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise FairError(f"unreadable {what} {path}: not a regular file")
-    if info.st_size > bound:
-        raise FairError(f"{path}: {what} of {info.st_size} bytes exceeds the bound of {bound} bytes "
-                        f"(fair_data.images.{bound_name}){hint}")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise FairError(f"unreadable {what} {path}: {exc.strerror or one_line(exc)}") from None
+        return read_bounded(path, bound, f"fair_data.images.{bound_name}", what)
+    except FairError as exc:
+        if hint and bound_name in str(exc):
+            raise FairError(f"{exc}{hint}") from None
+        raise
 
 
 def decode_text(data: bytes, where: str) -> str:
