@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,8 +50,8 @@ from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
 from .images import (
     IMAGENET,
     STORE_HELP,
-    ZIP_ERRORS,
     ImageStoreKind,
+    ZipReader,
     decode_text,
     one_line,
     open_image,
@@ -149,7 +148,7 @@ class FolderSource:
         return read_bytes(self.folder / name, "file")
 
 
-class ZipSource:
+class ZipSource(ZipReader):
     """Files of the ADEChallengeData2016 folder inside its zip, from disk or (``data``) memory.
 
     Each process opens its own handle; an open archive is never pickled nor shared after a fork."""
@@ -159,18 +158,6 @@ class ZipSource:
         self._archive, self.data = open_zip(path, in_memory)  # in memory: at most MAX_ZIP_IN_MEMORY_BYTES
         self._pid = os.getpid()
         self.members = frozenset(self._archive.namelist())
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_archive": None}
-
-    def _open(self) -> zipfile.ZipFile:
-        if self._archive is None or self._pid != os.getpid():
-            try:
-                self._archive = zipfile.ZipFile(io.BytesIO(self.data) if self.data is not None else self.path)
-            except ZIP_ERRORS as exc:
-                raise FairError(f"corrupt zip {self.path}: {type(exc).__name__}: {one_line(exc)}") from None
-            self._pid = os.getpid()
-        return self._archive
 
     def where(self, name: str) -> str:
         return f"{self.path}:{FOLDER}/{name}"

@@ -313,7 +313,29 @@ class ImageFiles:
         return decode(self.paths[i], str(self.paths[i]), self.size)
 
 
-class ZipImages:
+class ZipReader:
+    """A zip read from ``path``, or from ``data`` (its bytes, in memory): each process opens its
+    own handle (a forked DataLoader worker reopens it); an open archive is never pickled."""
+
+    path: Path
+    data: bytes | None
+    _archive: zipfile.ZipFile | None = None
+    _pid: int = 0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_archive": None}
+
+    def _open(self) -> zipfile.ZipFile:
+        if self._archive is None or self._pid != os.getpid():  # a forked worker opens its own handle
+            try:
+                self._archive = zipfile.ZipFile(io.BytesIO(self.data) if self.data is not None else self.path)
+            except ZIP_ERRORS as exc:
+                raise FairError(f"corrupt zip {self.path}: {type(exc).__name__}: {one_line(exc)}") from None
+            self._pid = os.getpid()
+        return self._archive
+
+
+class ZipImages(ZipReader):
     """``images[i]``: the member ``members[i]`` of a zip, decoded like :class:`ImageFiles`.
 
     With ``data`` (the zip's bytes) images come from memory; otherwise each process opens the
@@ -327,17 +349,6 @@ class ZipImages:
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_archive": None}
-
-    def _open(self) -> zipfile.ZipFile:
-        if self._archive is None or self._pid != os.getpid():  # a forked worker opens its own handle
-            try:
-                self._archive = zipfile.ZipFile(io.BytesIO(self.data) if self.data is not None else self.path)
-            except ZIP_ERRORS as exc:
-                raise FairError(f"corrupt zip {self.path}: {type(exc).__name__}: {one_line(exc)}") from None
-            self._pid = os.getpid()
-        return self._archive
 
     def __getitem__(self, i: int) -> Tensor:
         member = self.members[i]
