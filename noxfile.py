@@ -21,7 +21,7 @@ def lint(session):
 @nox.session(python="3.11")
 def demo(session):
     session.install("-r", "requirements.txt")
-    session.run("fair", "run", "examples/quickstart.json", *session.posargs)
+    session.run("fair", "run", "examples/quickstart.json", "--overwrite", *session.posargs)
 
 
 @nox.session(python="3.11")
