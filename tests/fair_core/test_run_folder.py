@@ -62,8 +62,11 @@ def test_a_folder_holding_another_run_is_refused_unless_overwrite(tmp_path, writ
     assert (out / "metrics.json").read_bytes() == before
     again = fair("run", str(write_spec(quick(out), "a.json")))  # the same spec again is a rerun: refused too
     assert again.returncode == 2
+    (out / "fair" / "old").mkdir(parents=True, exist_ok=True)
+    (out / "fair" / "old" / "events.out.tfevents.1.host").write_bytes(b"previous run's curves")
     replaced = fair("run", str(write_spec(quick(out, lr=0.01), "b.json")), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
+    assert not (out / "fair" / "old").exists()
     assert json.loads((out / "metrics.json").read_text())["spec"]["train"]["lr"] == 0.01
 
 

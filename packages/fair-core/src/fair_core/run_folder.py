@@ -8,7 +8,8 @@
   state ``running`` / ``finished`` / ``failed`` (with the error line), written atomically at the
   start, the end and on failure.
 * **No silent overwrite.** A fresh run into a folder holding a run's files is refused unless the
-  user passes ``--overwrite`` (which removes only the files a run writes) or ``--resume``.
+  user passes ``--overwrite`` (which removes only the files a run writes, and its TensorBoard
+  events) or ``--resume``.
 * **Leftovers.** Temporary files of an interrupted atomic write (``.*.tmp``) are removed when the
   next run takes the lock.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ from .errors import FairError
 
 LOCK_FILE = ".fair.lock"
 RUN_FILE = "run.json"
+TENSORBOARD_DIR = "fair"  # Accelerate's tracker run name: the runner's TensorBoard events
 CLAIMED_ENV = "FAIR_CLAIMED_OUTPUT_DIR"  # set for the processes of a run whose folder is already claimed
 RUN_FILES = (
     RUN_FILE, "config.json", "model.safetensors", "metrics.json", "checkpoint.safetensors", "log.jsonl",
@@ -158,6 +161,7 @@ class RunFolder:
         if overwrite:
             for name in present:
                 (self.path / name).unlink()
+            self._remove_tensorboard_logs()
             return
         record = read_record(self.path) or {}
         if resume and ((self.path / "checkpoint.safetensors").exists() or record.get("spec_hash") == spec_hash(spec)):
@@ -166,6 +170,17 @@ class RunFolder:
             else f"a run's files ({', '.join(present[:3])})"
         raise FairError(f"output_dir: {self.path} holds {what}; pass --overwrite to replace it, --resume to "
                         f"continue it, or choose another output_dir")
+
+    def _remove_tensorboard_logs(self) -> None:
+        """The previous run's TensorBoard logs (``fair/``, Accelerate's run name: event files and
+        ``hparams.yml``), so that its curves do not mix with the new run's; a folder holding
+        anything else is kept."""
+        logs = self.path / TENSORBOARD_DIR
+        if logs.is_dir() and not logs.is_symlink():
+            files = [f for f in logs.rglob("*") if not f.is_dir()]
+            if all((f.name.startswith("events.out.tfevents.") or f.name == "hparams.yml") and not f.is_symlink()
+                   for f in files):
+                shutil.rmtree(logs)
 
     def _clean_leftovers(self) -> None:
         for leftover in self.path.glob(".*.tmp"):
