@@ -30,6 +30,15 @@ def write_jpeg(path, seed, size=(20, 24)):
     Image.fromarray(pixels).save(path, format="JPEG")
 
 
+def write_utkface(root: Path, n: int, size: int = 12) -> Path:
+    """A UTKFace folder at ``root`` of ``n`` readable ``size`` px images, all adults (aged 20-49,
+    so every image falls in a split)."""
+    root.mkdir(parents=True)
+    for i in range(n):
+        write_jpeg(root / f"{20 + i % 30}_{i % 2}_{i % 5}_2017011{i:04d}.jpg", i, (size, size))
+    return root
+
+
 def small_spec(output_dir: Path, **sections) -> dict:
     """A fast ERM-on-synthetic spec (a few seconds on 2 CPU cores)."""
     spec = {
@@ -56,3 +65,16 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished 1-epoch run on a small synthetic split (its config.json, weights, metrics.json
+    with intervals), for tests that read or corrupt a run's files."""
+    from fair_core.runner import run
+    from fair_core.spec import parse_spec
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    run(parse_spec(small_spec(out, train={"epochs": 1}, eval={"bootstrap": 10},
+                              data={"params": {"train_size": 128, "val_size": 16, "test_size": 32, "image_size": 16}})))
+    return out

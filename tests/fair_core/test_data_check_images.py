@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAIR, write_jpeg
+from conftest import FAIR, write_jpeg, write_utkface
 from fair_core.data_stats import unreadable_images
 from fair_core.tasks import SegmentationTask
 from fair_data.ade20k import ADE20K
@@ -24,11 +24,7 @@ def fair(*args):
 @pytest.fixture
 def utk_folder(tmp_path):
     """12 UTKFace images, all adults (so every file is in a split)."""
-    root = tmp_path / "UTKFace"
-    root.mkdir()
-    for i in range(12):
-        write_jpeg(root / f"{25 + i}_{i % 2}_{i % 5}_2017{i:04d}.jpg", i, (16, 16))
-    return root
+    return write_utkface(tmp_path / "UTKFace", 12, size=16)
 
 
 def spec_of(tmp_path, root, **params):
@@ -43,7 +39,7 @@ def test_data_check_images_names_the_truncated_and_the_empty_file(tmp_path, utk_
     clean = fair("data", "check", str(spec), "--images")
     assert clean.returncode == 0, clean.stderr
     assert "utkface train: 9 images" in clean.stdout and "train: all 9 images decode" in clean.stdout
-    truncated, empty = utk_folder / "26_1_1_20170001.jpg", utk_folder / "30_1_0_20170005.jpg"
+    truncated, empty = utk_folder / "21_1_1_20170110001.jpg", utk_folder / "25_1_0_20170110005.jpg"
     truncated.write_bytes(truncated.read_bytes()[:200])
     empty.write_bytes(b"")
     result = fair("data", "check", str(spec), "--images", "--workers", "2")

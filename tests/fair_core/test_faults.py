@@ -165,28 +165,24 @@ def mutated(base, path, value, delete):
 mutations = st.tuples(st.lists(st.integers(0, 40), min_size=1, max_size=5), json_values, st.booleans())
 
 
-@pytest.fixture(scope="module")
-def fuzz_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fuzz-model") / "run"
-    spec = small_spec(out, train={"epochs": 1}, eval={"bootstrap": 10},
-                      data={"params": {"train_size": 64, "val_size": 8, "test_size": 16, "image_size": 16}})
-    run(parse_spec(spec))
-    return out
+def write_mutated(folder, name, case, base_dir):
+    """``folder/name``: the fuzz case's bytes, or ``base_dir/name`` with the case's mutation."""
+    if isinstance(case, bytes):
+        (folder / name).write_bytes(case)
+    else:
+        base = json.loads((base_dir / name).read_text())
+        (folder / name).write_text(json.dumps(mutated(base, *case)))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(mutations, json_values.map(lambda v: ((), v, False)), st.binary(max_size=100)))
-def test_fuzzed_config_json_loads_or_gives_one_line(fuzz_model, tmp_path_factory, case):
+def test_fuzzed_config_json_loads_or_gives_one_line(tiny_run, tmp_path_factory, case):
     from fair_core.hub import from_pretrained
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-config"
     if not folder.exists():
-        shutil.copytree(fuzz_model, folder)
-    if isinstance(case, bytes):
-        (folder / "config.json").write_bytes(case)
-    else:
-        base = json.loads((fuzz_model / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps(mutated(base, *case)))
+        shutil.copytree(tiny_run, folder)
+    write_mutated(folder, "config.json", case, tiny_run)
     try:
         from_pretrained(folder)
         event("loaded")
@@ -279,18 +275,14 @@ def test_fuzzed_resume_states_pass_or_give_one_line(path, value, delete):
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(mutations, json_values.map(lambda v: ((), v, False)), st.binary(max_size=100)))
-def test_fuzzed_metrics_json_compares_or_gives_one_line(fuzz_model, tmp_path_factory, case):
+def test_fuzzed_metrics_json_compares_or_gives_one_line(tiny_run, tmp_path_factory, case):
     from fair_core.report import comparison_rows
 
     folder = tmp_path_factory.getbasetemp() / "fuzz-metrics"
     folder.mkdir(exist_ok=True)
-    if isinstance(case, bytes):
-        (folder / "metrics.json").write_bytes(case)
-    else:
-        base = json.loads((fuzz_model / "metrics.json").read_text())
-        (folder / "metrics.json").write_text(json.dumps(mutated(base, *case)))
+    write_mutated(folder, "metrics.json", case, tiny_run)
     try:
-        header, rows = comparison_rows([fuzz_model, folder])
+        header, rows = comparison_rows([tiny_run, folder])
         assert all(isinstance(cell, str) for row in rows for cell in row)
         event("compared")
     except FairError as exc:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import FAIR, small_spec, write_jpeg
+from conftest import FAIR, small_spec, write_utkface
 from fair_core.checkpoint import load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "TQDM_DISABLE": "1"}
@@ -101,10 +101,7 @@ def test_outputs_get_normal_permissions_and_leftover_temporary_files_are_removed
 
 
 def test_the_folder_records_a_failed_run_and_its_reason(tmp_path, write_spec):
-    root = tmp_path / "UTKFace"
-    root.mkdir()
-    for i in range(20):
-        write_jpeg(root / f"{20 + i}_{i % 2}_{i % 5}_2017011{i:04d}.jpg", i, (12, 12))
+    root = write_utkface(tmp_path / "UTKFace", 20)
     (root / "25_1_0_20170119999.jpg").write_bytes(b"")  # found before training, once the folder is claimed
     out = tmp_path / "out"
     spec = small_spec(out, data={"name": "utkface", "params": {"root": str(root), "image_size": 12}},

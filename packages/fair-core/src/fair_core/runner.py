@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .atomic import atomic_path, open_no_follow, write_text
+from .atomic import open_no_follow, write_text
 from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
@@ -210,16 +210,6 @@ def schedule_factor(train: TrainSpec, total: int):
     return lambda t: 1.0
 
 
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / ".write-test"):
-            pass
-        (directory / ".write-test").unlink(missing_ok=True)
-    except OSError as exc:
-        raise FairError(f"output_dir: cannot write to {directory}: {exc.strerror or exc}") from None
-
-
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write a checkpoint atomically; a failed write (disk full, permissions) keeps the previous one."""
     try:
@@ -331,7 +321,6 @@ class Trainer:
         spec, run, task = self.spec, self.run_spec, self.run_spec.task
         seed_everything(spec.train.seed)
         info = train_set.info
-        _check_writable(self.output_dir)
         if is_main_process():  # an unreadable evaluation image must not strand a trained model
             check_readable(eval_set, spec.eval.split, spec.train.num_workers)
 
