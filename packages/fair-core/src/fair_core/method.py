@@ -24,6 +24,7 @@ survive a resume goes through :meth:`Method.state_dict` / :meth:`Method.load_sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -42,11 +43,15 @@ ANY_TASK = "*"
 
 @dataclass
 class TrainingData:
-    """The training set a method trains on, and optional per-sample sampling weights
-    (drawn with replacement, ``len(dataset)`` draws an epoch, when given)."""
+    """The training set a method trains on, and how an epoch draws from it: a plain permutation
+    by default; with ``sampling_weights``, ``len(dataset)`` draws with replacement; with
+    ``epoch_order``, the positions that function returns for the epoch's seeded generator, in
+    that order (``len(dataset)`` of them; repeats allowed). Consecutive positions form the
+    batches, so an order can shape them: K images of each identity side by side, equal cells."""
 
     dataset: FairDataset
     sampling_weights: Tensor | None = None
+    epoch_order: Callable[[torch.Generator], Tensor] | None = None
 
 
 class Method:

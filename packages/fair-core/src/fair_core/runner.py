@@ -17,6 +17,7 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,21 @@ class EpochSampler(Sampler[int]):
     """A permutation (or weighted draws with replacement) that depends only on (seed, epoch), so
     every process of a distributed run, and a resumed run, draws the same order."""
 
-    def __init__(self, num_samples: int, seed: int, weights: Tensor | None = None, shuffle: bool = True):
+    def __init__(self, num_samples: int, seed: int, weights: Tensor | None = None, shuffle: bool = True,
+                 order: Callable[[torch.Generator], Tensor] | None = None):
         self.num_samples, self.seed, self.weights, self.shuffle, self.epoch = num_samples, seed, weights, shuffle, 0
+        self.order = order
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        if self.weights is not None:
+        if self.order is not None:
+            order = torch.as_tensor(self.order(generator), dtype=torch.long)
+            if order.numel() != self.num_samples:
+                raise RuntimeError(f"an epoch order must give {self.num_samples} positions, not {order.numel()}")
+        elif self.weights is not None:
             order = torch.multinomial(self.weights.double(), self.num_samples, replacement=True, generator=generator)
         elif self.shuffle:
             order = torch.randperm(self.num_samples, generator=generator)
@@ -281,10 +288,11 @@ class Trainer:
 
     def make_loader(
         self, dataset: FairDataset, batch_size: int | None = None, sampling_weights: Tensor | None = None,
-        shuffle: bool = True, seed_offset: int = 0,
+        shuffle: bool = True, seed_offset: int = 0, epoch_order: Callable[[torch.Generator], Tensor] | None = None,
     ) -> DataLoader:
-        """A DataLoader prepared for this run's processes; shuffled per epoch from the run's seed."""
-        sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle)
+        """A DataLoader prepared for this run's processes; shuffled per epoch from the run's seed
+        (or in the ``epoch_order`` it gives, see :class:`~fair_core.method.TrainingData`)."""
+        sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle, epoch_order)
         loader = DataLoader(
             dataset, batch_size=batch_size or self.spec.train.batch_size, sampler=sampler,
             num_workers=self.spec.train.num_workers,
@@ -351,7 +359,8 @@ class Trainer:
         model = method.build_model(run.model.build(info.num_classes))
         self.optimizers = method.configure_optimizers(model, self.make_optimizer)
         model, *self.optimizers = accelerator.prepare(model, *self.optimizers)
-        train_loader = self.make_loader(training.dataset, sampling_weights=training.sampling_weights)
+        train_loader = self.make_loader(training.dataset, sampling_weights=training.sampling_weights,
+                                        epoch_order=training.epoch_order)
         max_steps = spec.train.max_steps
         if max_steps is not None:  # iteration-based: passes as needed, the scheduler counts steps
             if len(train_loader) == 0:
