@@ -4,6 +4,7 @@ from fair_core import hookimpl
 from fair_core.metrics import Metric
 
 from . import operating_point as op
+from .margin_method import MarginSoftmax
 from .models import SmallEmbeddingCNN
 
 VERIFICATION_METRICS = tuple(
@@ -28,3 +29,8 @@ def fair_register_models(register):
 def fair_register_metrics(register):
     for metric in VERIFICATION_METRICS:
         register(metric.name, metric)
+
+
+@hookimpl
+def fair_register_methods(register):
+    register("margin", MarginSoftmax)
