@@ -99,6 +99,8 @@ def list_plugins() -> None:
             entries.sort(key=lambda e: (e.obj.task != "classification", e.obj.task))
         for entry in entries:
             description = getattr(entry.obj, "description", "") or ""
+            if kind == "commands":
+                description = (entry.obj.info.help or "").strip().splitlines()[0] if entry.obj.info.help else ""
             table.add_row(kind[:-1], entry.name, entry.package, entry.version, _tasks_of(kind, entry.obj), description)
     console.print(table)
     for warning in registry.warnings:
@@ -106,7 +108,7 @@ def list_plugins() -> None:
 
 
 def _tasks_of(kind: str, obj) -> str:
-    if kind == "tasks":
+    if kind in ("tasks", "commands"):
         return ""
     if kind == "metrics":
         return obj.task
@@ -262,9 +264,28 @@ def data_stats(
     console.print(f"wrote {path}")
 
 
+def add_plugin_commands() -> None:
+    """Add the command groups plugins register (``fair face ...``) to the command line, once."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    taken = {group.name for group in app.registered_groups}
+    taken |= {command.name or command.callback.__name__.replace("_", "-") for command in app.registered_commands}
+    added = {id(group.typer_instance) for group in app.registered_groups}
+    for name in registry.names("commands"):
+        if id(registry.entries["commands"][name].obj) in added:
+            continue
+        if name in taken:  # core's own commands win
+            registry.warnings.append(f"command group {name!r} of {registry.entries['commands'][name].package} "
+                                     f"ignored: fair already has a command of that name")
+            continue
+        app.add_typer(registry.entries["commands"][name].obj, name=name)
+
+
 def cli() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:
+        add_plugin_commands()
         app(standalone_mode=True)
     except FairError as exc:
         errors.print(f"error: {error_line(exc)}", highlight=False, soft_wrap=True, markup=False)

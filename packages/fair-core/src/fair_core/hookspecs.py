@@ -38,3 +38,10 @@ def fair_register_metrics(register):
 @hookspec
 def fair_register_tasks(register):
     """Register tasks: ``register("segmentation", SegmentationTask)`` with a ``fair_core.tasks.Task`` subclass."""
+
+
+@hookspec
+def fair_register_commands(register):
+    """Register command groups of the ``fair`` command line: ``register("face", app)`` with a
+    ``typer.Typer`` makes ``fair face ...`` run its commands (their user errors, raised as
+    :class:`fair_core.FairError`, are one line and exit code 2 like core's)."""

@@ -23,8 +23,9 @@ from .errors import FairError
 
 ENTRY_POINT_GROUP = "fair"
 ENV_PLUGINS = "FAIR_PLUGINS"
-KINDS = ("tasks", "methods", "datasets", "models", "metrics")
-SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric"}
+KINDS = ("tasks", "methods", "datasets", "models", "metrics", "commands")
+SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric",
+            "commands": "command"}
 
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
@@ -35,6 +36,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "models": {n: "fair-face" for n in ("small_embedding_cnn", "iresnet18", "iresnet34", "iresnet50", "iresnet100")},
     "metrics": {n: "fair-face" for n in ("tpr_at_fpr", "tpr_gap", "worst_group_tpr", "fpr_ratio", "group_tpr", "group_fpr")},
     "tasks": {},
+    "commands": {"face": "fair-face"},
 }
 # The project's own distributions: the only names an error ever tells the user to `pip install`
 # (a model's config.json names a package too, but whoever wrote the file chose that name).
@@ -123,6 +125,7 @@ def _collect(pm: pluggy.PluginManager, provider: dict[object, tuple[str, str]], 
         "datasets": pm.hook.fair_register_datasets,
         "models": pm.hook.fair_register_models,
         "metrics": pm.hook.fair_register_metrics,
+        "commands": pm.hook.fair_register_commands,
     }
     for kind, hook in hooks.items():
         for impl in reversed(hook.get_hookimpls()):  # registration order

@@ -61,6 +61,11 @@ class ResolvedRun:
     method_params: Any
     metrics: list[Metric]
     packages: dict[str, str]
+    eval_dataset: DatasetBuilder | None = None  # eval.data's builder; None: the training dataset's
+
+    @property
+    def evaluation_dataset(self) -> DatasetBuilder:
+        return self.eval_dataset if self.eval_dataset is not None else self.dataset
 
 
 def _supporting(registry: Registry, kind: str, task: str) -> str:
@@ -89,9 +94,18 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     task = task_entry.obj(validate_params(task_entry.obj.EvalParams, spec.eval.params, "eval.params"))
     model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
     method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
-    for field_name, split in (("data.train_split", spec.data.train_split), ("eval.split", spec.eval.split)):
-        if split not in dataset.splits:
-            raise FairError(f"{field_name}: unknown split {split!r} for {spec.data.name}; available: {', '.join(dataset.splits)}")
+    eval_dataset = None
+    if spec.eval.data is not None:
+        eval_entry = registry.get("datasets", spec.eval.data.name, "eval.data.name")
+        eval_dataset = eval_entry.obj(validate_params(eval_entry.obj.Params, spec.eval.data.params, "eval.data.params"),
+                                      spec.eval.data.name)
+        if task_name not in eval_dataset.tasks:
+            raise FairError(f"eval.data.name: the dataset {spec.eval.data.name} serves the "
+                            f"{' and '.join(eval_dataset.tasks)} task, not {task_name}")
+    for field_name, split, builder in (("data.train_split", spec.data.train_split, dataset),
+                                       ("eval.split", spec.eval.split, eval_dataset or dataset)):
+        if split not in builder.splits:
+            raise FairError(f"{field_name}: unknown split {split!r} for {builder.name}; available: {', '.join(builder.splits)}")
     # in registration order: a plugin lists its metrics (and a table its columns) in reading order
     task_metrics = [n for n, e in registry.entries["metrics"].items() if e.obj.task == task_name]
     metrics = []
@@ -103,7 +117,7 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
         metrics.append(metric)
     packages = {"task": task_entry.package, "data": data_entry.package, "model": model_entry.package,
                 "method": method_entry.package}
-    return ResolvedRun(spec, task, dataset, model, method_entry.obj, method_params, metrics, packages)
+    return ResolvedRun(spec, task, dataset, model, method_entry.obj, method_params, metrics, packages, eval_dataset)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -320,7 +334,15 @@ class Trainer:
         spec, run, task = self.spec, self.run_spec, self.run_spec.task
         data = spec.data
         train_set = run.dataset.load(data.train_split, data.target, data.sensitive, train=True, task=task)
-        eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False, task=task)
+        if spec.eval.data is None:
+            eval_set = run.dataset.load(spec.eval.split, data.target, data.sensitive, train=False, task=task)
+        else:
+            eval_set = run.evaluation_dataset.load(spec.eval.split, spec.eval.data.target, spec.eval.data.sensitive,
+                                                   train=False, task=task)
+            if not task.open_set and eval_set.info.class_names != train_set.info.class_names:
+                raise FairError(f"eval.data: the classes of {spec.eval.data.name} ({', '.join(eval_set.info.class_names[:5])}"
+                                f"...) are not the training data's ({', '.join(train_set.info.class_names[:5])}...); a "
+                                f"{task.name} model is evaluated on the classes it was trained on")
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         with RunFolder(self.output_dir).claim(spec.model_dump(mode="json"), resume, overwrite, world_size):
             return self._fit(train_set, eval_set, resume, world_size)

@@ -107,8 +107,24 @@ class TrainSpec(_Section):
     log_every: int = Field(20, ge=1, description="log the training loss every N steps")
 
 
+class EvalDataSpec(_Section):
+    name: Name = Field(description="registered dataset name of the evaluation data (see `fair list`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the dataset's own parameters")
+    target: Name | None = Field(None, description="target attribute; this dataset's default when omitted")
+    sensitive: list[Name] | None = Field(
+        None, max_length=MAX_LIST_ITEMS, description="protected attribute(s); this dataset's default when omitted"
+    )
+
+    @field_validator("sensitive", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class EvalSpec(_Section):
     split: Name = "test"
+    data: EvalDataSpec | None = Field(None, description="evaluate on another dataset than the training one (face "
+                                      "recognition: train on identities, test on RFW); eval.split is its split")
     metrics: list[Name] | None = Field(None, max_length=MAX_LIST_ITEMS,
                                        description="metric names; all registered metrics when omitted")
     batch_size: int = Field(256, ge=1)

@@ -75,6 +75,7 @@ class Task(ABC):
     pipeline_tag: ClassVar[str] = ""  # the Hugging Face Hub task of its models
     model_noun: ClassVar[str] = "model"  # how a model card names its models ("image classifier")
     model_class: ClassVar[type[FairModel]]  # what from_pretrained returns
+    open_set: ClassVar[bool] = False  # True: evaluation data may hold other classes than training (new identities)
 
     def __init__(self, eval_params: BaseModel | None = None):
         self.eval_params = eval_params if eval_params is not None else self.EvalParams()

@@ -149,6 +149,7 @@ class VerificationTask(Task):
     pipeline_tag = "image-feature-extraction"
     model_noun = "face recognition model"
     model_class = EmbedderModel
+    open_set = True
 
     def loss(self, outputs: Tensor, batch: dict[str, Tensor], info: DataInfo) -> Tensor:
         """Softmax loss: cross-entropy of the identity head's logits on the identities."""
