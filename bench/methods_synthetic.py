@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
     args = parser.parse_args()
-    methods = args.methods or get_registry().names("methods")
+    registry = get_registry()
+    methods = args.methods or [name for name in registry.names("methods")
+                               if registry.entries["methods"][name].obj.supports("classification")]
     runs: dict[str, tuple[str, list[str], int]] = {}  # row name -> (method, overrides, epochs)
     for method in ["erm"] + [m for m in methods if m != "erm"]:  # the baseline first
         params, recipe, epoch_factor = example_settings(method)

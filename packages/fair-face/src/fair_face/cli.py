@@ -11,8 +11,9 @@ Each prints what it did; user errors are one line and exit code 2 (the ``fair`` 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +23,9 @@ face_app = typer.Typer(no_args_is_help=True, help="Face data and weights: align 
                                                   "insightface weights.")
 console = Console()
 
-Template = Literal["arcface112", "fairface256"]
+class Template(str, Enum):
+    arcface112 = "arcface112"
+    fairface256 = "fairface256"
 
 
 @face_app.command("align")
@@ -30,22 +33,19 @@ def align(
     src: Annotated[Path, typer.Argument(help="folder of face images (searched recursively)")],
     dst: Annotated[Path, typer.Argument(help="folder for the aligned images (same relative paths)")],
     landmarks: Annotated[Path, typer.Option("--landmarks", help="CSV of 5 landmarks (or a box) per image")],
-    template: Annotated[str, typer.Option("--template", help="arcface112 or fairface256")] = "arcface112",
-    size: Annotated[int | None, typer.Option("--size", min=16, max=4096,
-                                             help="output side in pixels (default: the template's)")] = None,
+    template: Annotated[Template, typer.Option("--template", help="face template")] = "arcface112",
+    size: Annotated[int | None, typer.Option("--size", help="output side in pixels (default: the template's; "
+                                                            "arcface112: a multiple of 112 or 128)")] = None,
+    margin: Annotated[float, typer.Option("--margin", help="box-only rows: pixels added around the box")] = 10.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="realign images already in DST")] = False,
 ) -> None:
     """Align every image of SRC to a face template with its 5 landmarks (similarity transform), or
     crop its box when it has no landmarks; list the images that could not be aligned."""
-    from fair_core import FairError
-
     from .align import align_folder
 
-    if template not in ("arcface112", "fairface256"):
-        raise FairError(f"--template: unknown template {template!r}; allowed: arcface112, fairface256")
-    report = align_folder(src, dst, landmarks, template=template, size=size)
-    console.print(escape(report.summary()), highlight=False)
-    for line in report.failure_lines():
-        console.print(escape(f"  not aligned: {line}"), highlight=False)
+    report = align_folder(src, dst, landmarks, template=template.value, size=size, margin=margin, overwrite=overwrite)
+    for line in report.lines(limit=50):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 @face_app.command("convert-bin")
