@@ -77,4 +77,5 @@ def convert_weights(
     from .weights import convert_insightface_weights
 
     report = convert_insightface_weights(src, dst, arch)
-    console.print(escape(f"wrote {dst}: {report}"), highlight=False)
+    console.print(escape(f"wrote {dst}: {report['arch']}, {report['tensors']} tensors ({report['parameters']:,} "
+                         f"parameters) from {src} (sha256 {report['source_sha256'][:16]})"), highlight=False)

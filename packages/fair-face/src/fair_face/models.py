@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fair_core import Classifier, ModelBuilder
+from fair_core import Classifier, FairError, ModelBuilder
 from fair_core.models import small_cnn_stages
 
 
@@ -30,6 +30,10 @@ class EmbeddingHead(nn.Module):
         self.features.weight.requires_grad_(False)
 
     def forward(self, maps):
+        if maps[0].numel() != self.fc.in_features:
+            side = int(round((self.fc.in_features / maps.shape[1]) ** 0.5))
+            raise FairError(f"model.params.input_size: the model was built for feature maps of {side}x{side}, the images "
+                            f"give {maps.shape[-2]}x{maps.shape[-1]}; set it to the data's image size")
         return self.features(self.fc(self.dropout(self.bn2(maps)).flatten(1)))
 
 
