@@ -51,6 +51,8 @@ def align(
 @face_app.command("convert-bin")
 def convert_bin_files(
     bins: Annotated[list[Path], typer.Argument(help="<Race>_test.bin files, then the output folder last")],
+    race: Annotated[str | None, typer.Option("--race", help="the race of a single .bin file not named "
+                                                            "<Race>_test.bin (e.g. lfw.bin)")] = None,
 ) -> None:
     """Convert RFW / insightface .bin pair files (pickles, read without unpickling) into images and
     pairs.csv in the output folder (the last argument), readable by the rfw dataset."""
@@ -61,8 +63,10 @@ def convert_bin_files(
     if len(bins) < 2:
         raise FairError("convert-bin: give at least one .bin file and the output folder (last)")
     *sources, dst = bins
+    if race is not None and len(sources) > 1:
+        raise FairError("--race: names the race of one .bin file; several files take their races from their names")
     for source in sources:
-        pairs = convert_bin(source, dst)
+        pairs = convert_bin(source, dst, race=race)
         console.print(escape(f"{source}: {pairs} pairs written to {dst}"), highlight=False)
 
 
