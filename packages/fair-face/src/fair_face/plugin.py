@@ -4,8 +4,14 @@ from fair_core import hookimpl
 from fair_core.metrics import Metric
 
 from . import operating_point as op
+from .ddl import DistributionDistillation
+from .face_zip import FaceZip
+from .iresnet import IRESNET_BUILDERS
 from .margin_method import MarginSoftmax
+from .mixfairface import MixFairFace
 from .models import SmallEmbeddingCNN
+from .multibranch import MultiBranch
+from .rfw import RFW
 
 VERIFICATION_METRICS = tuple(
     Metric(name, compute, section, higher, description, task="verification", column=column)
@@ -23,6 +29,8 @@ VERIFICATION_METRICS = tuple(
 @hookimpl
 def fair_register_models(register):
     register("small_embedding_cnn", SmallEmbeddingCNN)
+    for name, builder in IRESNET_BUILDERS.items():
+        register(name, builder)
 
 
 @hookimpl
@@ -34,3 +42,19 @@ def fair_register_metrics(register):
 @hookimpl
 def fair_register_methods(register):
     register("margin", MarginSoftmax)
+    register("multibranch", MultiBranch)
+    register("ddl", DistributionDistillation)
+    register("mixfairface", MixFairFace)
+
+
+@hookimpl
+def fair_register_commands(register):
+    from .cli import face_app
+
+    register("face", face_app)
+
+
+@hookimpl
+def fair_register_datasets(register):
+    register("rfw", RFW)
+    register("face_zip", FaceZip)
