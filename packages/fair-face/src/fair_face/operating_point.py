@@ -14,8 +14,15 @@ show the same identity and *negative* otherwise. For a target rate ``fpr``:
 
 A fair model accepts the genuine pairs of every group alike at one threshold (equal TPR_g) and
 errs alike on impostors (FPR ratio near 1), which is how NIST's FRVT demographic report and the
-instance-level protocol of MixFairFace judge face recognisers. Everything is computed in blocks
-of rows of the similarity matrix: memory ``O(N * block_size + k)``, never ``N x N``.
+instance-level protocol of MixFairFace judge face recognisers (:mod:`fair_face.val_inst` uses
+the same counts at its own rate).
+
+:func:`counts_at_fpr` does it in one GEMM pass over blocks of ``block_size`` rows of the
+similarity matrix (memory ``O(N * block_size + k)``, never ``N x N``): a streaming top-k keeps
+the ``k`` largest negatives with the row of each, so the negatives above the final threshold,
+which are among them, give every ``fp_i``; the positives are counted from each identity's own
+small Gram matrix. Once ``k`` negatives are kept, a block is only compared with the running
+``k``-th largest (segment maxima first), which keeps the pass close to the cost of the GEMM.
 """
 
 from __future__ import annotations
@@ -40,45 +47,116 @@ class OperatingPoint:
     tn: Tensor
 
 
-def _blocks(n: int, block_size: int):
+#: Similarities one step of the streaming top-k selects from at once (``torch.topk`` on CPU copies
+#: its input as (value, index) pairs: 4M similarities are a 64 MB copy).
+TOPK_ELEMENTS = 1 << 22
+#: Similarities one filtering step of the streaming top-k reads at once: large, as each step costs
+#: a few dozen tensor operations (and their thread synchronisations), but bounded, as its hits
+#: (rare once a full block has been seen) are gathered.
+FILTER_ELEMENTS = 1 << 25
+#: Width of the segments whose maxima :func:`indices_above` compares first.
+SEGMENT = 64
+
+def negative_pairs(identity_sizes: Tensor) -> int:
+    """Ordered negative pairs of images with identities of these sizes: ``N^2 - sum_c n_c^2``."""
+    n = int(identity_sizes.sum())
+    return n * n - int((identity_sizes.long() ** 2).sum())
+
+
+def indices_above(values: Tensor, bound: Tensor) -> Tensor:
+    """Positions of the entries of the 1-d ``values`` above ``bound``, for rare hits: the maxima of
+    segments of :data:`SEGMENT` entries are compared first (one read of ``values``, no mask of its
+    size), then only the segments holding a hit."""
+    whole = values.numel() // SEGMENT * SEGMENT
+    hot = (values[:whole].view(-1, SEGMENT).amax(1) > bound).nonzero().squeeze(1)
+    index = (hot.unsqueeze(1) * SEGMENT + torch.arange(SEGMENT)).reshape(-1)
+    index = index[values[index] > bound]
+    if whole < values.numel():
+        index = torch.cat([index, whole + (values[whole:] > bound).nonzero().squeeze(1)])
+    return index
+
+
+def largest_negatives(embeddings: Tensor, labels: Tensor, k: int, block_size: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest ordered-negative similarities (descending) and the row ``i`` of each.
+
+    Blocks of ``block_size`` rows of ``S`` are computed into one buffer, then read in steps of
+    whole rows. While fewer than ``k`` are kept, a step of :data:`TOPK_ELEMENTS` similarities
+    merges the full top-k of its negatives into the running top-k; then each step of
+    :data:`FILTER_ELEMENTS` merges only its entries above the running ``k``-th largest, found by
+    :func:`indices_above` (those at or below it can be neither kept nor above the final
+    threshold, which only rises), less the same-identity ones."""
+    n = labels.numel()
+    values, rows = embeddings.new_empty(0), torch.empty(0, dtype=torch.long)
+    buffer = embeddings.new_empty(min(block_size, n), n)
+    topk_rows, filter_rows = max(1, TOPK_ELEMENTS // n), max(1, FILTER_ELEMENTS // n)
     for start in range(0, n, block_size):
-        yield slice(start, min(start + block_size, n))
+        stop = min(start + block_size, n)
+        similarity = torch.mm(embeddings[start:stop], embeddings.T, out=buffer[: stop - start])
+        offset = 0
+        while offset < stop - start:
+            full = values.numel() < k
+            step = topk_rows if full else filter_rows
+            part = similarity[offset: offset + step].reshape(-1)  # contiguous rows: a view
+            first = start + offset
+            offset += step
+            if full:
+                same = labels[first: first + part.numel() // n].unsqueeze(1) == labels.unsqueeze(0)
+                top, index = part.masked_fill(same.reshape(-1), -math.inf).topk(min(k, part.numel()))
+                index = index[top > -math.inf]
+            else:
+                index = indices_above(part, values[-1])
+                index = index[labels[first + index // n] != labels[index % n]]
+            if index.numel() == 0:
+                continue
+            values, rows = torch.cat([values, part[index]]), torch.cat([rows, first + index // n])
+            order = values.topk(k).indices if values.numel() > k else values.argsort(descending=True)
+            values, rows = values[order], rows[order]
+    return values, rows
 
 
-def negative_threshold(embeddings: Tensor, identities: Tensor, fpr: float, block_size: int = 4096) -> float:
-    """The ``ceil(fpr * n_neg)``-th largest similarity of the ordered negative pairs (nan if none),
-    kept as a running top-k over row blocks."""
-    identity_counts = torch.bincount(identities)
-    n = identities.numel()
-    negatives = n * n - int((identity_counts.double() ** 2).sum().item())
+def positive_counts(embeddings: Tensor, labels: Tensor, threshold: float, block_size: int) -> Tensor:
+    """``tp_i``: the other images of image ``i``'s identity with ``s_ij > threshold``, from each
+    identity's Gram matrix (identities of one size batched; at most ``block_size * N``
+    similarities at a time)."""
+    n = labels.numel()
+    sizes = torch.bincount(labels)
+    order = torch.argsort(labels, stable=True)
+    starts = sizes.cumsum(0) - sizes
+    tp = torch.zeros(n, dtype=torch.long)
+    budget = block_size * n
+    for size in torch.unique(sizes).tolist():
+        if size < 2:
+            continue
+        members = order[starts[sizes == size].unsqueeze(1) + torch.arange(size)]  # (identities, size)
+        rows_at_once = max(1, min(size, budget // size))
+        for chunk in members.split(max(1, budget // (size * size))):
+            images = embeddings[chunk]
+            for low in range(0, size, rows_at_once):
+                high = min(size, low + rows_at_once)
+                similarity = torch.bmm(images[:, low:high], images.transpose(1, 2))
+                diagonal = torch.arange(high - low)
+                similarity[:, diagonal, low + diagonal] = -math.inf  # the self-match
+                tp[chunk[:, low:high]] = (similarity > threshold).sum(-1)
+    return tp
+
+
+def counts_at_fpr(embeddings: Tensor, labels: Tensor, fpr: float, block_size: int) -> OperatingPoint:
+    """The threshold at ``fpr`` over ordered negatives (the exact ``k``-th largest) and every
+    image's counts at it, in one GEMM pass over ``S`` (threshold nan without negatives);
+    ``labels`` are non-negative identity ids."""
+    n = labels.numel()
+    sizes = torch.bincount(labels)
+    partners = sizes[labels]  # images of each image's identity, itself included
+    negatives = negative_pairs(sizes)
     if negatives <= 0:
-        return float("nan")
+        zeros = torch.zeros(n, dtype=torch.long)
+        return OperatingPoint(float("nan"), zeros, partners - 1, zeros.clone(), zeros.clone())
     k = max(1, math.ceil(fpr * negatives))
-    best = torch.empty(0, dtype=embeddings.dtype)
-    for rows in _blocks(n, block_size):
-        similarity = embeddings[rows] @ embeddings.T
-        same = identities[rows].unsqueeze(1) == identities.unsqueeze(0)  # includes the self-match
-        values = similarity.masked_fill(same, float("-inf")).flatten()
-        values = values.topk(min(k, values.numel())).values
-        best = torch.cat([best, values]).topk(min(k, best.numel() + values.numel())).values
-    return float(best[k - 1])
-
-
-def pair_counts(embeddings: Tensor, identities: Tensor, threshold: float, block_size: int = 4096) -> OperatingPoint:
-    """Per-image accepted/rejected positive and negative pairs at ``threshold`` (``s > t`` accepts)."""
-    n = identities.numel()
-    tp, fn, fp, tn = (torch.zeros(n, dtype=torch.long) for _ in range(4))
-    positions = torch.arange(n)
-    for rows in _blocks(n, block_size):
-        accepted = embeddings[rows] @ embeddings.T > threshold
-        same = identities[rows].unsqueeze(1) == identities.unsqueeze(0)
-        itself = positions[rows].unsqueeze(1) == positions.unsqueeze(0)
-        positive = same & ~itself
-        tp[rows] = (accepted & positive).sum(1)
-        fn[rows] = (~accepted & positive).sum(1)
-        fp[rows] = (accepted & ~same).sum(1)
-        tn[rows] = (~accepted & ~same).sum(1)
-    return OperatingPoint(threshold, tp, fn, fp, tn)
+    values, rows = largest_negatives(embeddings, labels, k, block_size)
+    threshold = values[k - 1]
+    fp = torch.bincount(rows[values > threshold], minlength=n)
+    tp = positive_counts(embeddings, labels, float(threshold), block_size)
+    return OperatingPoint(float(threshold), tp, partners - 1 - tp, fp, n - partners - fp)
 
 
 def operating_point(state: EmbeddingSet) -> OperatingPoint:
@@ -86,8 +164,7 @@ def operating_point(state: EmbeddingSet) -> OperatingPoint:
     key = ("operating_point", state.params.fpr, state.params.block_size)
     if key not in state.cache:
         embeddings = state.embeddings.float()
-        threshold = negative_threshold(embeddings, state.identities, state.params.fpr, state.params.block_size)
-        state.cache[key] = pair_counts(embeddings, state.identities, threshold, state.params.block_size)
+        state.cache[key] = counts_at_fpr(embeddings, state.identities, state.params.fpr, state.params.block_size)
     return state.cache[key]
 
 

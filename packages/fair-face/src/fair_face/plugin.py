@@ -12,6 +12,8 @@ from .mixfairface import MixFairFace
 from .models import SmallEmbeddingCNN
 from .multibranch import MultiBranch
 from .rfw import RFW
+from .rfw_val import RFW_VAL_METRICS
+from .val_inst import VAL_INST_METRICS
 
 VERIFICATION_METRICS = tuple(
     Metric(name, compute, section, higher, description, task="verification", column=column)
@@ -35,7 +37,7 @@ def fair_register_models(register):
 
 @hookimpl
 def fair_register_metrics(register):
-    for metric in VERIFICATION_METRICS:
+    for metric in (*VERIFICATION_METRICS, *RFW_VAL_METRICS, *VAL_INST_METRICS):
         register(metric.name, metric)
 
 

@@ -78,6 +78,8 @@ class VerificationParams(BaseModel):
     flip: bool = Field(False, description="sum the embeddings of each image and its horizontal flip before normalising")
     fpr: float = Field(1e-3, gt=0, lt=1, description="operating point: false-positive rate over negative pairs at which "
                                                     "metrics report true-positive rates")
+    instance_fpr: float = Field(1e-5, gt=0, lt=1, description="operating point of instance-level metrics (fair-face's "
+                                "rfw_val_inst, after MixFairFace): false-positive rate over all ordered impostor pairs")
     block_size: int = Field(4096, ge=1, description="rows of the similarity matrix computed at a time by block-wise metrics")
 
 
