@@ -137,7 +137,17 @@ def test_loading_never_unpickles(trained, monkeypatch):
     assert not [p for p in sources if "torch.load(" in p.read_text() or "pickle.load" in p.read_text()]
 
 
-def test_corrupt_missing_and_unknown_architecture_errors(trained, tmp_path):
+@pytest.fixture
+def without_fair_face(monkeypatch):
+    """The registry as on a machine where fair-face is not installed."""
+    monkeypatch.setenv("FAIR_PLUGINS", "fair-core,fair-data,fair-methods")
+    get_registry(refresh=True)
+    yield
+    monkeypatch.delenv("FAIR_PLUGINS")
+    get_registry(refresh=True)
+
+
+def test_corrupt_missing_and_unknown_architecture_errors(trained, tmp_path, without_fair_face):
     out, _ = trained
     corrupt = tmp_path / "corrupt"
     shutil.copytree(out, corrupt)

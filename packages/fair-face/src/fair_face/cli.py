@@ -67,7 +67,7 @@ def convert_bin_files(
         raise FairError("--race: names the race of one .bin file; several files take their races from their names")
     for source in sources:
         pairs = convert_bin(source, dst, race=race)
-        console.print(escape(f"{source}: {pairs} pairs written to {dst}"), highlight=False)
+        console.print(escape(f"{source}: {pairs} pairs written to {dst}"), highlight=False, soft_wrap=True)
 
 
 @face_app.command("convert-weights")
@@ -82,4 +82,4 @@ def convert_weights(
 
     report = convert_insightface_weights(src, dst, arch)
     console.print(escape(f"wrote {dst}: {report['arch']}, {report['tensors']} tensors ({report['parameters']:,} "
-                         f"parameters) from {src} (sha256 {report['source_sha256'][:16]})"), highlight=False)
+                         f"parameters) from {src} (sha256 {report['source_sha256'][:16]})"), highlight=False, soft_wrap=True)
