@@ -12,7 +12,7 @@ import os
 import reprlib
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import FairError
 
@@ -29,11 +29,12 @@ def size_text(n: int) -> str:
     return f"{n} bytes"
 
 
-def read_bounded(path: str | Path, max_bytes: int, bound: str, what: str) -> bytes:
-    """The bytes of the regular file ``path``, refused (one :class:`FairError` line naming the file
+def open_bounded(path: str | Path, max_bytes: int, bound: str, what: str, buffering: int = -1) -> BinaryIO:
+    """``path`` opened for binary reading, refused (one :class:`FairError` line naming the file
     and ``bound``) when it is not a regular file (a FIFO would block, a device never ends) or is
-    larger than ``max_bytes``, both checked before anything is read. ``what`` names the file's role
-    (``spec file``, ``config.json``)."""
+    larger than ``max_bytes``, both checked on the open descriptor before anything is read.
+    ``what`` names the file's role (``spec file``, ``config.json``). A reader that reads to the
+    end should still stop at ``max_bytes + 1`` bytes (the file may grow)."""
     path = Path(path)
     try:
         # O_NONBLOCK: opening a FIFO does not wait for a writer, so fstat can refuse it
@@ -51,14 +52,20 @@ def read_bounded(path: str | Path, max_bytes: int, bound: str, what: str) -> byt
         if info.st_size > max_bytes:
             raise FairError(f"{path}: {size_text(info.st_size)}, larger than the {size_text(max_bytes)} a {what} "
                             f"may have ({bound})")
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1  # closed by the file object
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: str | Path, max_bytes: int, bound: str, what: str) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_bounded`)."""
+    path = Path(path)
+    with open_bounded(path, max_bytes, bound, what) as handle:
+        try:
             data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise FairError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        except OSError as exc:
+            raise FairError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     if len(data) > max_bytes:  # it grew while being read
         raise FairError(f"{path}: larger than the {size_text(max_bytes)} a {what} may have ({bound})")
     return data

@@ -66,14 +66,13 @@ import io
 import os
 import pickletools
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from fair_core import FairError
 from fair_core.atomic import atomic_path, write_text
-from fair_core.untrusted import quote, read_bounded, size_text
+from fair_core.untrusted import open_bounded, quote, read_bounded, size_text
 
 # The published evaluation bins (RFW's four races, LFW, CFP-FP, AgeDB-30) are tens to a few hundred
 # MiB; 2 GiB admits any of them with room, and caps what a crafted file can make us read.
@@ -169,7 +168,8 @@ def read_bin_pairs(path: Path) -> BinPairs:
     """The pairs of the insightface/RFW ``.bin`` file ``path``, read without unpickling (see the
     module docstring); anything else is one :class:`FairError` line naming the file."""
     path = Path(path)
-    with _open_regular(path) as handle:
+    with open_bounded(path, MAX_FILE_BYTES, "fair_face.bin_pairs.MAX_FILE_BYTES", ".bin pair file",
+                      buffering=2**20) as handle:
         value = _walk(_BoundedSource(handle), path)
     return _check_structure(value, path)
 
@@ -270,31 +270,6 @@ def _remove_stale_images(folder: Path, written: set[str]) -> None:
     for entry in os.scandir(folder):
         if entry.name not in written and _IMAGE_NAME_PATTERN.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
-
-
-def _open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading, refused unless a regular file of at most ``MAX_FILE_BYTES``
-    (checked on the open descriptor, before anything is read)."""
-    try:
-        # O_NONBLOCK: opening a FIFO does not wait for a writer, so fstat can refuse it
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise FairError(f".bin pair file not found: {path}") from None
-    except OSError as exc:
-        raise FairError(f"{path}: cannot read the .bin pair file: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise FairError(f"{path}: is a folder, not a .bin pair file")
-        if not stat.S_ISREG(info.st_mode):
-            raise FairError(f"{path}: not a regular file (a FIFO, device or socket); refusing to read it as a .bin pair file")
-        if info.st_size > MAX_FILE_BYTES:
-            raise FairError(f"{path}: {size_text(info.st_size)}, larger than the {size_text(MAX_FILE_BYTES)} a .bin pair "
-                            "file may have (fair_face.bin_pairs.MAX_FILE_BYTES)")
-        return os.fdopen(fd, "rb", buffering=2**20)
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 class _BoundedSource:
