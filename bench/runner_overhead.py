@@ -19,8 +19,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from fair_core.runner import EpochSampler, _collate, resolve, run, seed_everything  # noqa: E402
+from fair_core.runner import EpochSampler, resolve, run, seed_everything  # noqa: E402
 from fair_core.spec import load_spec  # noqa: E402
+from fair_core.tasks.base import collate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def plain_loop(spec, epochs: int) -> list[float]:
     model = resolved.model.build(train.info.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.train.lr)
     sampler = EpochSampler(len(train), spec.train.seed)
-    loader = DataLoader(train, batch_size=spec.train.batch_size, sampler=sampler, collate_fn=_collate)
+    loader = DataLoader(train, batch_size=spec.train.batch_size, sampler=sampler, collate_fn=collate)
     times = []
     for epoch in range(epochs):
         sampler.set_epoch(epoch)

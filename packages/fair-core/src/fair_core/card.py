@@ -28,13 +28,14 @@ def _task(config: dict[str, Any]):
 
 def _eval_results(config: dict[str, Any], metrics: dict[str, Any], task_type: str) -> list[EvalResult]:
     data = metrics.get("data", {})
+    dataset = data.get("dataset") if metrics.get("evaluation") and data.get("dataset") else config["data"]["name"]
     results = []
     for section in ("overall", "fairness"):
         for name, value in metrics.get(section, {}).items():
             if name in SIZE_KEYS or value is None:
                 continue
             results.append(EvalResult(
-                task_type=task_type, dataset_type=config["data"]["name"], dataset_name=config["data"]["name"],
+                task_type=task_type, dataset_type=dataset, dataset_name=dataset,
                 dataset_split=data.get("split"), metric_type=name, metric_name=name, metric_value=round(value, 6),
             ))
     return results
@@ -70,10 +71,17 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any] | None, repo_id: 
         f"Parameters: `{json.dumps(method['params'])}`",
         "",
     ]
+    evaluated = bool(metrics and metrics.get("evaluation"))
     if metrics:
         split = metrics.get("data", {}).get("split", "test")
-        lines += [f"## Evaluation ({split} split, n = {metrics['overall'].get('n', '?')})", "", *task.card_lines(metrics), ""]
+        where = f" on {metrics['data']['dataset']}" if evaluated and metrics.get("data", {}).get("dataset") else ""
+        lines += [f"## Evaluation{where} ({split} split, n = {metrics['overall'].get('n', '?')})", ""]
+        if evaluated:
+            lines += [f"Measured by `fair evaluate` of the model above (sha256 of its weights "
+                      f"`{str(metrics['evaluation'].get('source', {}).get('sha256', '?'))[:16]}`).", ""]
+        lines += [*task.card_lines(metrics), ""]
     lines += ["## Use", "", "```python", *task.usage_lines(repo_id or "path/to/this/folder", config), "```", ""]
     if metrics and "spec" in metrics:
-        lines += ["## Training spec", "", "```json", json.dumps(metrics["spec"], indent=2), "```", ""]
+        lines += [f"## {'Evaluation' if evaluated else 'Training'} spec", "", "```json", json.dumps(metrics["spec"], indent=2),
+                  "```", ""]
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))

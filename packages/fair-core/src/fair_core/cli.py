@@ -1,4 +1,4 @@
-"""The ``fair`` command line: run, list, schema, compare."""
+"""The ``fair`` command line: run, evaluate, list, schema, compare, push, predict, data."""
 
 from __future__ import annotations
 
@@ -39,9 +39,13 @@ def main(
 def print_result(result: dict) -> None:
     """The tables of the run's task: by group (and by class), then the metrics."""
     from .plugins import get_registry
+    from .report import display_label
 
     task = get_registry().get("tasks", result.get("task", "classification"), "metrics.json task").obj()
-    for table in task.console_tables(result):
+    # the tables name the method; an evaluation's "method" is the model it evaluated
+    shown = {**result, "spec": {**result["spec"], "method": {**(result["spec"].get("method") or {}),
+                                                             "name": display_label(result)}}}
+    for table in task.console_tables(shown):
         console.print(table)
 
 
@@ -82,6 +86,79 @@ def run(
 
 class ProcessesFailed(Exception):
     """The processes of a multi-process run failed (they reported why themselves)."""
+
+
+def _source_options(items: list[str]) -> dict:
+    """``--option KEY=VALUE`` items as a dict (values parsed as JSON when they can be)."""
+    from .untrusted import quote
+
+    options: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise FairError(f"--option {quote(item)}: expected KEY=VALUE, e.g. --option input_size=112")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+        except (RecursionError, ValueError):
+            raise FairError(f"--option {quote(key.strip())}: the value nests too deeply or holds too large a number") from None
+    return options
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="a finished run folder or fair Hub id, or SOURCE:REF of an installed "
+                                              "model source (fair list: timm:NAME, hf:ORG/NAME, onnx:FILE, ...)")],
+    spec_file: Annotated[Path, typer.Argument(help="JSON or YAML run spec: its data, task and eval sections are used")],
+    split: Annotated[str | None, typer.Option("--split", help="override eval.split")] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir", help="override output_dir")] = None,
+    label_map: Annotated[Path | None, typer.Option("--label-map", help="JSON {dataset class: model label or [labels]} "
+                                                                        "when the model's labels are not the classes")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. --set eval.batch_size=64")] = [],  # noqa: B006
+    option: Annotated[list[str], typer.Option("--option", help="a model source option, e.g. --option input_size=112")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace the run already in the output folder")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", min=1, help="data-parallel processes (torchrun)")] = 1,
+) -> None:
+    """Evaluate a model you already have on SPEC_FILE's data: the report, files and comparisons of a
+    trained run (metrics.json, per-sample file, fair compare), marked as an evaluation."""
+    from .evaluate import ignored_note, plan_evaluation, run_evaluation
+    from .run_folder import CLAIMED_ENV, RunFolder, is_main_process
+    from .spec import apply_overrides, parse_spec, read_spec_file
+
+    raw = read_spec_file(spec_file)
+    note = ignored_note(raw, set_)
+    data = apply_overrides(raw, list(set_))
+    if split is not None and isinstance(data.setdefault("eval", {}), dict):
+        data["eval"]["split"] = split
+    if output_dir is not None:
+        data["output_dir"] = output_dir
+    spec = parse_spec(data)
+    options = _source_options(option)
+    if note and is_main_process() and CLAIMED_ENV not in os.environ:
+        errors.print(note, highlight=False, markup=False)
+    plan = plan_evaluation(model, spec, label_map, options)  # every user error before anything is written
+    if num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+                   "-m", "fair_core.cli", "evaluate", model, str(spec_file), *(f"--set={item}" for item in set_),
+                   *(f"--option={item}" for item in option), *(["--split", split] if split is not None else []),
+                   *(["--output-dir", output_dir] if output_dir else []),
+                   *(["--label-map", str(label_map)] if label_map is not None else [])]
+        record, recorded_spec = plan.record, plan.recorded_spec
+        del plan  # the processes load the model themselves
+        folder = RunFolder(spec.output_dir)
+        try:
+            with folder.claim(recorded_spec, False, overwrite, world_size=num_processes, evaluation=record):
+                code = subprocess.call(command, env={**os.environ, CLAIMED_ENV: str(folder.path.resolve())})
+                if code:
+                    raise ProcessesFailed(f"the evaluation's processes exited with code {code}")
+        except ProcessesFailed:
+            raise typer.Exit(code) from None
+        return
+    result = run_evaluation(plan, overwrite=overwrite)
+    if result:
+        print_result(result)
+        console.print(f"outputs in {spec.output_dir}")
 
 
 @app.command("list")

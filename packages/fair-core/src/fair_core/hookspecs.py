@@ -45,3 +45,10 @@ def fair_register_commands(register):
     """Register command groups of the ``fair`` command line: ``register("face", app)`` with a
     ``typer.Typer`` makes ``fair face ...`` run its commands (their user errors, raised as
     :class:`fair_core.FairError`, are one line and exit code 2 like core's)."""
+
+
+@hookspec
+def fair_register_model_sources(register):
+    """Register model sources of ``fair evaluate``: ``register("timm", TimmSource)`` with a
+    :class:`fair_core.sources.ModelSource` subclass, whose prefix is the registered name
+    (``fair evaluate timm:resnet18 spec.json``)."""

@@ -449,11 +449,39 @@ def from_pretrained(name_or_path: str | Path, **kwargs: Any) -> FairModel:
 
 
 def load_run(run_dir: str | Path) -> FairModel:
-    """A finished run's model with its metrics (what ``fair push`` uploads)."""
+    """A finished run's model with its metrics (what ``fair push`` uploads). The folder of a
+    ``fair evaluate`` of one of this project's models gives that model (checked against the sha256
+    recorded when it was evaluated) with the evaluation's metrics; an evaluation of a model from
+    elsewhere (``timm:``, ``hf:``, ``onnx:``) is refused: its weights are not ours to re-host."""
+    from .report import read_metrics_file
+
     run_dir = Path(run_dir)
     if not (run_dir / METRICS).is_file():
         raise FairError(f"{run_dir}: not a finished run (no metrics.json)")
-    return from_pretrained(run_dir)
+    metrics = read_metrics_file(run_dir / METRICS)
+    evaluation = metrics.get("evaluation")
+    if evaluation is None:
+        return from_pretrained(run_dir)
+    source = evaluation.get("source") or {}
+    if source.get("kind") != "fair":
+        raise FairError(f"{run_dir}: an evaluation of {evaluation['model']}, a model fair did not train; fair push "
+                        f"publishes fair's own models only (another's weights are not ours to re-host): share this "
+                        f"folder's metrics.json with the model's own repository instead")
+    from .sources import FairSource
+
+    ref = source.get("path") or (f"{source.get('ref')}@{source['revision']}" if source.get("revision") else source.get("ref"))
+    if not isinstance(ref, str) or not ref:
+        raise FairError(f"{run_dir}: metrics.json evaluation.source names no model")
+    try:
+        loaded = FairSource().load(ref, FairSource.Options())
+    except FairError as exc:
+        raise FairError(f"{run_dir}: cannot load the model this folder evaluated: {exc}") from None
+    if loaded.source["sha256"] != source.get("sha256"):
+        raise FairError(f"{run_dir}: the weights of {ref} have changed since this evaluation (sha256 "
+                        f"{str(source.get('sha256'))[:12]}... then, {loaded.source['sha256'][:12]}... now); evaluate it again")
+    model = loaded.model
+    model.metrics = metrics
+    return model
 
 
 def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

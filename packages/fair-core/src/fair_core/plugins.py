@@ -23,9 +23,9 @@ from .errors import FairError
 
 ENTRY_POINT_GROUP = "fair"
 ENV_PLUGINS = "FAIR_PLUGINS"
-KINDS = ("tasks", "methods", "datasets", "models", "metrics", "commands")
+KINDS = ("tasks", "methods", "datasets", "models", "metrics", "commands", "sources")
 SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric",
-            "commands": "command"}
+            "commands": "command", "sources": "model source"}
 
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
@@ -38,6 +38,7 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "metrics": {n: "fair-face" for n in ("tpr_at_fpr", "tpr_gap", "worst_group_tpr", "fpr_ratio", "group_tpr", "group_fpr")},
     "tasks": {},
     "commands": {"face": "fair-face"},
+    "sources": {},  # fair-core's own (fair, timm, hf, onnx) are always registered; their libraries are extras
 }
 # The project's own distributions: the only names an error ever tells the user to `pip install`
 # (a model's config.json names a package too, but whoever wrote the file chose that name).
@@ -127,6 +128,7 @@ def _collect(pm: pluggy.PluginManager, provider: dict[object, tuple[str, str]], 
         "models": pm.hook.fair_register_models,
         "metrics": pm.hook.fair_register_metrics,
         "commands": pm.hook.fair_register_commands,
+        "sources": pm.hook.fair_register_model_sources,
     }
     for kind, hook in hooks.items():
         for impl in reversed(hook.get_hookimpls()):  # registration order

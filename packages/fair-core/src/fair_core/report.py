@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
 from .atomic import write_text
 from .data import DataInfo, FairDataset
 from .errors import FairError
 from .metrics import Metric, bootstrap_confidence_interval, group_accuracy
-from .spec import MAX_LIST_ITEMS, MAX_NAME_CHARS, validation_message
+from .spec import MAX_LIST_ITEMS, MAX_NAME_CHARS, MAX_PATH_CHARS, validation_message
 from .untrusted import check_nesting, read_json, size_text
 
 SIZE_KEYS = ("n", "pixels", "identities", "pairs")  # entries of `overall` that count, not measure
@@ -121,8 +121,13 @@ class _Named(_Section):
 
 
 class _SpecRef(_Section):
-    method: _Named
+    method: _Named | None = None  # None: an evaluation (fair evaluate), whose model is in `evaluation`
     data: _Named
+
+
+class _EvaluationRef(_Section):
+    model: Annotated[str, Field(min_length=1, max_length=MAX_PATH_CHARS)]
+    source: dict[Name, Any] = Field(default_factory=dict, max_length=MAX_LIST_ITEMS)
 
 
 class _DataRef(_Section):
@@ -143,6 +148,23 @@ class MetricsFile(_Section):
     intervals: Annotated[dict[Name, Annotated[list[Value], Field(min_length=2, max_length=2)]],
                          Field(max_length=MAX_METRIC_ENTRIES)] = Field(default_factory=dict)
     confidence: float | None = Field(None, gt=0, lt=1)
+    evaluation: _EvaluationRef | None = None  # fair evaluate: the model evaluated and its source
+
+    @model_validator(mode="after")
+    def _method_or_evaluation(self) -> MetricsFile:
+        if self.spec.method is None and self.evaluation is None:
+            raise ValueError("spec.method: missing (a trained run names its method, an evaluation its model)")
+        return self
+
+
+def display_label(result: dict[str, Any]) -> str:
+    """What produced a result, as tables name it: the method of a trained run, ``evaluated (MODEL)``
+    for a ``fair evaluate`` of MODEL."""
+    evaluation = result.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation.get("model"):
+        return f"evaluated ({evaluation['model']})"
+    method = (result.get("spec") or {}).get("method")
+    return str(method.get("name", "?")) if isinstance(method, dict) else "?"
 
 
 def read_metrics_file(path: str | Path) -> dict[str, Any]:
@@ -181,8 +203,8 @@ def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[lis
             raise FairError(f"{d}: the run there is {state}, not finished; its results (if any) are not this run's: "
                             f"compare it once it has finished")
         m = read_metrics(d)
-        runs.append((Path(d), {"overall": m["overall"], "fairness": m["fairness"], "spec": m["spec"],
-                               "task": m.get("task", "classification")}))
+        runs.append((Path(d), {"overall": m["overall"], "fairness": m["fairness"], "task": m.get("task", "classification"),
+                               "method": display_label(m), "dataset": m["spec"]["data"]["name"]}))
     keys: dict[tuple[str, str], None] = {}  # insertion-ordered set
     for _, m in runs:
         for section in ("overall", "fairness"):
@@ -192,13 +214,12 @@ def comparison_rows(run_dirs: Sequence[str | Path]) -> tuple[list[str], list[lis
     header = ["run", "task", "method", "dataset", *(k for _, k in keys)]
     rows = []
     for path, m in runs:
-        spec = m.get("spec", {})
         values = [m.get(s, {}).get(k) for s, k in keys]
         rows.append([
             path.name,
             m.get("task", "classification"),
-            spec.get("method", {}).get("name", "?"),
-            spec.get("data", {}).get("name", "?"),
+            m["method"],
+            m["dataset"],
             *("-" if v is None else f"{v:.4f}" for v in values),
         ])
     return header, rows

@@ -6,7 +6,8 @@
 * **Identity.** ``run.json`` records the run: the hash of the spec fields that determine its
   result (:func:`result_fields`), the method, dataset and task, the number of processes, and its
   state ``running`` / ``finished`` / ``failed`` (with the error line), written atomically at the
-  start, the end and on failure.
+  start, the end and on failure. A ``fair evaluate`` records ``evaluation`` (the model and its
+  source) instead of a method.
 * **No silent overwrite.** A fresh run into a folder holding a run's files is refused unless the
   user passes ``--overwrite`` (which removes only the files a run writes, and its TensorBoard
   events) or ``--resume``.
@@ -113,10 +114,12 @@ class RunFolder:
 
     # ------------------------------------------------------------------ claiming
     @contextmanager
-    def claim(self, spec: dict[str, Any], resume: bool, overwrite: bool, world_size: int = 1) -> Iterator[None]:
+    def claim(self, spec: dict[str, Any], resume: bool, overwrite: bool, world_size: int = 1,
+              evaluation: dict[str, Any] | None = None) -> Iterator[None]:
         """Hold the folder for the block: lock it, refuse another run's files (unless ``resume``
         or ``overwrite``), clean leftovers, and record the run's state (``failed`` with the error
-        line if the block raises, ``finished`` otherwise)."""
+        line if the block raises, ``finished`` otherwise). ``evaluation`` (``{"model", "source"}``)
+        marks a ``fair evaluate`` of a model the folder does not train."""
         if os.environ.get(CLAIMED_ENV) == str(self.path.resolve()) or not is_main_process():
             yield  # the launching command line (or the main process) holds it
             return
@@ -130,14 +133,14 @@ class RunFolder:
         try:
             self._refuse_another_run(spec, resume, overwrite)
             self._clean_leftovers()
-            self._record(spec, "running", world_size)
+            self._record(spec, "running", world_size, evaluation=evaluation)
             try:
                 yield
             except BaseException as exc:
                 reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-                self._record(spec, "failed", world_size, error=reason)
+                self._record(spec, "failed", world_size, error=reason, evaluation=evaluation)
                 raise
-            self._record(spec, "finished", world_size)
+            self._record(spec, "finished", world_size, evaluation=evaluation)
         finally:
             lock.release()
 
@@ -166,8 +169,13 @@ class RunFolder:
         record = read_record(self.path) or {}
         if resume and ((self.path / "checkpoint.safetensors").exists() or record.get("spec_hash") == spec_hash(spec)):
             return  # resuming this run: the checkpoint's own check names any differing field
-        what = f"a {record['state']} run ({record.get('method')} on {record.get('dataset')})" if "state" in record \
-            else f"a run's files ({', '.join(present[:3])})"
+        evaluation = record.get("evaluation")
+        evaluated = evaluation.get("model") if isinstance(evaluation, dict) else None
+        if "state" in record:
+            what = (f"a {record['state']} evaluation ({evaluated} on {record.get('dataset')})" if evaluated
+                    else f"a {record['state']} run ({record.get('method')} on {record.get('dataset')})")
+        else:
+            what = f"a run's files ({', '.join(present[:3])})"
         raise FairError(f"output_dir: {self.path} holds {what}; pass --overwrite to replace it, --resume to "
                         f"continue it, or choose another output_dir")
 
@@ -187,10 +195,12 @@ class RunFolder:
             if leftover.is_file() or leftover.is_symlink():
                 leftover.unlink(missing_ok=True)
 
-    def _record(self, spec: dict[str, Any], state: str, world_size: int, error: str | None = None) -> None:
+    def _record(self, spec: dict[str, Any], state: str, world_size: int, error: str | None = None,
+                evaluation: dict[str, Any] | None = None) -> None:
         record = {
             "state": state, "spec_hash": spec_hash(spec), "task": spec.get("task"),
             "method": spec.get("method", {}).get("name"), "dataset": spec.get("data", {}).get("name"),
+            **({"evaluation": evaluation} if evaluation is not None else {}),
             "world_size": world_size, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time(),
             **({"error": error} if error else {}),
         }

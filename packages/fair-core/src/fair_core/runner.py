@@ -36,6 +36,7 @@ from .atomic import open_no_follow, write_text
 from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
+from .evaluate import build_result, evaluate, make_accelerator
 from .hub import model_config, write_model_files
 from .method import Method, TrainingData
 from .metrics import Metric
@@ -73,27 +74,33 @@ def _supporting(registry: Registry, kind: str, task: str) -> str:
     return ", ".join(n for n in registry.names(kind) if registry.entries[kind][n].obj.supports(task)) or "none installed"
 
 
-def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
-    """Look up the spec's plugins, check that they serve one task, and validate their params;
-    raises :class:`FairError`."""
+@dataclass
+class ResolvedData:
+    """What evaluation needs of a spec: its task, the evaluation data and the metrics."""
+
+    task: Task
+    dataset: DatasetBuilder  # data's builder
+    eval_dataset: DatasetBuilder | None  # eval.data's builder; None: data's
+    metrics: list[Metric]
+    packages: dict[str, str]  # task and data packages
+
+    @property
+    def evaluation_dataset(self) -> DatasetBuilder:
+        return self.eval_dataset if self.eval_dataset is not None else self.dataset
+
+
+def resolve_data(spec: RunSpec, registry: Registry | None = None) -> ResolvedData:
+    """Look up the spec's dataset(s), task and metrics, check that they serve one task, and
+    validate their params and splits (what ``fair run`` and ``fair evaluate`` share); raises
+    :class:`FairError`."""
     registry = registry or get_registry()
     data_entry = registry.get("datasets", spec.data.name, "data.name")
-    model_entry = registry.get("models", spec.model.name, "model.name")
-    method_entry = registry.get("methods", spec.method.name, "method.name")
     dataset = data_entry.obj(validate_params(data_entry.obj.Params, spec.data.params, "data.params"), spec.data.name)
     task_name = spec.task or dataset.tasks[0]
     task_entry = registry.get("tasks", task_name, "task")
     if task_name not in dataset.tasks:
         raise FairError(f"task: the dataset {spec.data.name} serves the {' and '.join(dataset.tasks)} task, not {task_name}")
-    if not method_entry.obj.supports(task_name):
-        raise FairError(f"method.name: {spec.method.name} supports the {', '.join(method_entry.obj.tasks)} task, "
-                        f"not {task_name}; methods for {task_name}: {_supporting(registry, 'methods', task_name)}")
-    if not model_entry.obj.supports(task_name):
-        raise FairError(f"model.name: {spec.model.name} is a model for the {' and '.join(model_entry.obj.tasks)} task, "
-                        f"not {task_name}; models for {task_name}: {_supporting(registry, 'models', task_name)}")
     task = task_entry.obj(validate_params(task_entry.obj.EvalParams, spec.eval.params, "eval.params"))
-    model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
-    method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
     eval_dataset = None
     if spec.eval.data is not None:
         eval_entry = registry.get("datasets", spec.eval.data.name, "eval.data.name")
@@ -115,9 +122,29 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
             raise FairError(f"eval.metrics: {name!r} is a {metric.task} metric; {task_name} metrics: "
                             f"{', '.join(task_metrics) or 'none installed'}")
         metrics.append(metric)
-    packages = {"task": task_entry.package, "data": data_entry.package, "model": model_entry.package,
-                "method": method_entry.package}
-    return ResolvedRun(spec, task, dataset, model, method_entry.obj, method_params, metrics, packages, eval_dataset)
+    return ResolvedData(task, dataset, eval_dataset, metrics, {"task": task_entry.package, "data": data_entry.package})
+
+
+def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
+    """Look up the spec's plugins, check that they serve one task, and validate their params;
+    raises :class:`FairError`."""
+    registry = registry or get_registry()
+    registry.get("datasets", spec.data.name, "data.name")
+    model_entry = registry.get("models", spec.model.name, "model.name")
+    method_entry = registry.get("methods", spec.method.name, "method.name")
+    data = resolve_data(spec, registry)
+    task_name = spec.task or data.dataset.tasks[0]
+    if not method_entry.obj.supports(task_name):
+        raise FairError(f"method.name: {spec.method.name} supports the {', '.join(method_entry.obj.tasks)} task, "
+                        f"not {task_name}; methods for {task_name}: {_supporting(registry, 'methods', task_name)}")
+    if not model_entry.obj.supports(task_name):
+        raise FairError(f"model.name: {spec.model.name} is a model for the {' and '.join(model_entry.obj.tasks)} task, "
+                        f"not {task_name}; models for {task_name}: {_supporting(registry, 'models', task_name)}")
+    model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
+    method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
+    packages = {**data.packages, "model": model_entry.package, "method": method_entry.package}
+    return ResolvedRun(spec, data.task, data.dataset, model, method_entry.obj, method_params, data.metrics, packages,
+                       data.eval_dataset)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -202,7 +229,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _flat_config(spec: RunSpec) -> dict[str, Any]:
+def _flat_config(spec: RunSpec | dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -212,7 +239,7 @@ def _flat_config(spec: RunSpec) -> dict[str, Any]:
         else:
             flat[prefix] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
 
-    walk("", spec.model_dump(mode="json"))
+    walk("", spec if isinstance(spec, dict) else spec.model_dump(mode="json"))
     return flat
 
 
@@ -359,20 +386,10 @@ class Trainer:
         if state is not None:
             check_resumable(state, spec, world_size, checkpoint_path)
 
-        trackers: list[Any] = [JsonLinesTracker(self.output_dir / "log.jsonl", append=state is not None)]
-        try:
-            import tensorboard  # noqa: F401
-
-            trackers.append("tensorboard")
-        except ImportError:
-            pass
         ddp = DistributedDataParallelKwargs(find_unused_parameters=run.method_cls.ddp_find_unused_parameters)
-        self.accelerator = accelerator = Accelerator(
-            mixed_precision=spec.train.mixed_precision, log_with=trackers, project_dir=str(self.output_dir),
-            kwargs_handlers=[ddp],
-            # several processes without CUDA: Accelerate's multi-CPU (gloo) mode must be asked for
-            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        )
+        self.accelerator = accelerator = make_accelerator(self.output_dir, append_log=state is not None,
+                                                          mixed_precision=spec.train.mixed_precision,
+                                                          kwargs_handlers=[ddp])
         accelerator.init_trackers("fair", config=_flat_config(spec))
         self._loaders: list[DataLoader] = []
 
@@ -468,17 +485,14 @@ class Trainer:
         evaluation = self.evaluate(method, model, eval_set)
         result: dict[str, Any] = {}
         if accelerator.is_main_process:
-            result = {
-                "spec": spec.model_dump(mode="json"),
-                "task": task.name,
-                "data": task.data_section(info, eval_set.info, spec.eval.split),
-                **task.summarize(evaluation, run.metrics, spec.eval, spec.train.seed),
-                "timing": {"epochs_timed": epochs_run, "steps_timed": steps_run,
-                           "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None,
-                           "seconds_per_step": train_seconds / steps_run if steps_run else None},
-                "packages": run.packages,
-                "fair_version": __version__,
-            }
+            result = build_result(
+                spec.model_dump(mode="json"), task, task.data_section(info, eval_set.info, spec.eval.split), evaluation,
+                run.metrics, spec.eval, spec.train.seed,
+                timing={"epochs_timed": epochs_run, "steps_timed": steps_run,
+                        "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None,
+                        "seconds_per_step": train_seconds / steps_run if steps_run else None},
+                packages=run.packages, fair_version=__version__,
+            )
             try:
                 self._write_outputs(accelerator.unwrap_model(model), info, evaluation, result)
             except OSError as exc:
@@ -488,27 +502,12 @@ class Trainer:
         accelerator.end_training()
         return result
 
-    @torch.no_grad()
     def evaluate(self, method: Method, model: nn.Module, dataset: FairDataset) -> Evaluation:
-        """The task's evaluation of every sample of ``dataset``: each process runs its share of
-        the batches, and what the task gathers is gathered from all processes, padding dropped."""
-        accelerator, task = self.accelerator, self.run_spec.task
-        loader = accelerator.prepare(DataLoader(dataset, batch_size=self.spec.eval.batch_size, shuffle=False,
-                                                num_workers=self.spec.train.num_workers,
-                                                collate_fn=functools.partial(task.collate, info=dataset.info),
-                                                pin_memory=torch.cuda.is_available()))
-        # every process evaluates the main process's weights and buffers (BatchNorm statistics),
-        # which are what the run saves, on the plain module (no DDP collectives in evaluation)
-        network = accelerator.unwrap_model(model)
-        if accelerator.num_processes > 1:
-            for tensor in (*network.parameters(), *network.buffers()):
-                torch.distributed.broadcast(tensor.data, src=0)
-        network.eval()
-        evaluation = task.evaluation(dataset)
-        for batch in tqdm(loader, desc="evaluate", leave=False,
-                          disable=None if accelerator.is_local_main_process else True):
-            evaluation.update(accelerator.gather_for_metrics(evaluation.outputs(method, network, batch)))
-        return evaluation
+        """The task's evaluation of every sample of ``dataset`` (:func:`fair_core.evaluate.evaluate`,
+        the loop ``fair evaluate`` runs too): each process runs its share of the batches on the main
+        process's weights and buffers, and what the task gathers is gathered from all processes."""
+        return evaluate(self.accelerator, self.run_spec.task, method, model, dataset, self.spec.eval.batch_size,
+                        self.spec.train.num_workers)
 
     def _write_outputs(self, model: nn.Module, info, evaluation: Evaluation, result) -> None:
         out = self.output_dir
