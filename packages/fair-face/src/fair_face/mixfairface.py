@@ -51,10 +51,15 @@ Where this differs from the original, and why:
   train-mode calls, so they get different dropout masks and the BatchNorm layers of ``M`` update
   their running statistics twice per step (once with the real batch, once with the mixed one).
   Neither ``eps`` nor ``m_cifp`` is detached (``detach: false``); ``detach: true`` detaches both,
-  an option of ours. Observed on ``synthetic_faces`` with ``small_embedding_cnn`` (200
-  identities, 20 epochs, AdamW): the undetached eps, whose gradient is scaled by ``s = 64``, stalls
-  the identity loss (about 11 against 0.9 for ``margin``) and the TPR falls to about 0.05;
-  with ``detach: true`` the model trains. Not checked at the paper's scale.
+  an option of ours. Measured on ``synthetic_faces`` (``examples/faces_mixfairface.json``, small
+  CNN, 10 epochs, Adam; ``bench/faces_synthetic.py``, seeds 0-2): the undetached eps, whose
+  gradient reaches the embeddings scaled by ``s = 64``, stalls the identity loss (about 8 after 10
+  epochs against 0.3 for ``margin``), so TPR at FPR 1e-3 falls to 0.34 +- 0.23 against CosFace's
+  0.78 +- 0.07; the TPR gap shrinks only because every group is verified worse (worst group
+  0.29 against 0.60). Dropout 0 did not cure it (seed 0: TPR 0.59); ``detach: true`` trains (TPR
+  0.75 +- 0.07) but did not beat CosFace on worst-group TPR (0.55 +- 0.15 against 0.60). Not
+  checked at the paper's scale (IResNet-34 on BUPT-Balancedface, SGD 0.1), where it was reported
+  to help.
 * The CIFP margin is optional here (``cifp: false`` turns it off; the original's code comment says
   it raises the final TPR but does not change the fairness score).
 * The class weights are initialised as insightface's (normal, std 0.01) rather than Xavier-uniform;
