@@ -206,7 +206,7 @@ def plan_evaluation(model: str, spec, label_map: str | Path | dict[str, Any] | N
     from .runner import resolve_data
 
     registry = registry or get_registry()
-    data = resolve_data(spec, registry)
+    data = resolve_data(spec, registry, training=False)
     task = data.task
     task_name = spec.task or data.dataset.tasks[0]
     mapping, map_file = None, None

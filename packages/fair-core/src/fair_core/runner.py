@@ -89,10 +89,10 @@ class ResolvedData:
         return self.eval_dataset if self.eval_dataset is not None else self.dataset
 
 
-def resolve_data(spec: RunSpec, registry: Registry | None = None) -> ResolvedData:
+def resolve_data(spec: RunSpec, registry: Registry | None = None, training: bool = True) -> ResolvedData:
     """Look up the spec's dataset(s), task and metrics, check that they serve one task, and
-    validate their params and splits (what ``fair run`` and ``fair evaluate`` share); raises
-    :class:`FairError`."""
+    validate their params and splits (what ``fair run`` and ``fair evaluate`` share; an evaluation,
+    ``training=False``, reads no training split); raises :class:`FairError`."""
     registry = registry or get_registry()
     data_entry = registry.get("datasets", spec.data.name, "data.name")
     dataset = data_entry.obj(validate_params(data_entry.obj.Params, spec.data.params, "data.params"), spec.data.name)
@@ -111,6 +111,8 @@ def resolve_data(spec: RunSpec, registry: Registry | None = None) -> ResolvedDat
                             f"{' and '.join(eval_dataset.tasks)} task, not {task_name}")
     for field_name, split, builder in (("data.train_split", spec.data.train_split, dataset),
                                        ("eval.split", spec.eval.split, eval_dataset or dataset)):
+        if field_name == "data.train_split" and not training:
+            continue
         if split not in builder.splits:
             raise FairError(f"{field_name}: unknown split {split!r} for {builder.name}; available: {', '.join(builder.splits)}")
     # in registration order: a plugin lists its metrics (and a table its columns) in reading order
@@ -366,6 +368,9 @@ class Trainer:
         else:
             eval_set = run.evaluation_dataset.load(spec.eval.split, spec.eval.data.target, spec.eval.data.sensitive,
                                                    train=False, task=task)
+            # normalised as the model's training data (what the saved model and fair evaluate do), not as
+            # the evaluation dataset's own default
+            eval_set = eval_set.with_transform(run.dataset.eval_transform())
             if not task.open_set and eval_set.info.class_names != train_set.info.class_names:
                 raise FairError(f"eval.data: the classes of {spec.eval.data.name} ({', '.join(eval_set.info.class_names[:5])}"
                                 f"...) are not the training data's ({', '.join(train_set.info.class_names[:5])}...); a "

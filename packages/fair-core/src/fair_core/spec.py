@@ -124,7 +124,8 @@ class EvalDataSpec(_Section):
 class EvalSpec(_Section):
     split: Name = "test"
     data: EvalDataSpec | None = Field(None, description="evaluate on another dataset than the training one (face "
-                                      "recognition: train on identities, test on RFW); eval.split is its split")
+                                      "recognition: train on identities, test on RFW); eval.split is its split; its "
+                                      "images are normalised as the training data's (the model's preprocessing)")
     metrics: list[Name] | None = Field(None, max_length=MAX_LIST_ITEMS,
                                        description="metric names; all registered metrics when omitted")
     batch_size: int = Field(256, ge=1)
