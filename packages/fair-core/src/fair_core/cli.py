@@ -1,4 +1,4 @@
-"""The ``fair`` command line: run, evaluate, list, schema, compare, push, predict, data."""
+"""The ``fair`` command line: run, sweep, evaluate, list, schema, compare, plot, push, predict, data."""
 
 from __future__ import annotations
 
@@ -201,20 +201,165 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
+@app.command("sweep-schema")
+def sweep_schema() -> None:
+    """Print the JSON Schema of sweep specs (fair sweep)."""
+    from .sweep import sweep_json_schema
+
+    print(json.dumps(sweep_json_schema(), indent=2))
+
+
 @app.command()
-def compare(run_dirs: Annotated[list[Path], typer.Argument(help="run output folders")]) -> None:
-    """One table of the metrics of several runs."""
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run output folders, or sweep folders (their finished cells)")],
+    group_seeds: Annotated[bool, typer.Option("--group-seeds", help="one row per group of runs that differ only in "
+                                              "train.seed / data.params.seed (automatic for a sweep folder)")] = False,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="the row the others are tested against "
+                                                 "(default: erm when present)")] = None,
+    test: Annotated[str, typer.Option("--test", help="welch (Welch's t-test) or mannwhitney")] = "welch",
+    metrics: Annotated[str | None, typer.Option("--metrics", help="comma-separated metrics (default: all)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="console, markdown, csv or latex")] = "console",
+    names: Annotated[str, typer.Option("--names", help="column names: fair, or study (the ISSTA 2024 study's: "
+                                       "its DEO is our eod)")] = "fair",
+    output: Annotated[Path | None, typer.Option("--output", help="write the table to this file (atomically)")] = None,
+) -> None:
+    """One table of the metrics of several runs; with --group-seeds (or a sweep folder) one row per
+    group of seeds: mean ± std, 95% t-interval, tests against the baseline."""
     from rich.markup import escape
 
-    from .report import comparison_rows
+    from .aggregate import FORMATS, aggregate, column_name, expand_run_dirs, read_runs, render, table
+    from .sweep import SWEEP_FILE
 
-    header, rows = comparison_rows(run_dirs)  # checked metrics.json files, or one error line naming the file
-    table = Table(title="runs")
-    for column in header:  # names read from the files are text, not rich markup
-        table.add_column(escape(column), justify="left" if column in {"run", "task", "method", "dataset"} else "right")
-    for row in rows:
-        table.add_row(*(escape(cell) for cell in row))
-    console.print(table)
+    if fmt not in FORMATS:
+        raise FairError(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    column_name("accuracy", names)  # checks --names
+    grouped = group_seeds or any((d / SWEEP_FILE).is_file() for d in run_dirs)
+    if not grouped:
+        from .report import comparison_rows
+
+        header, rows = comparison_rows(run_dirs)  # checked metrics.json files, or one error line naming the file
+        header = [column_name(c, names) for c in header]
+        if fmt == "console" and output is None:
+            table_ = Table(title="runs")
+            for column in header:  # names read from the files are text, not rich markup
+                table_.add_column(escape(column), justify="left" if column in {"run", "task", "method", "dataset"} else "right")
+            for row in rows:
+                table_.add_row(*(escape(cell) for cell in row))
+            console.print(table_)
+            return
+        _write_table(_plain_table(header, rows, "markdown" if fmt == "console" else fmt, "runs"), output)
+        return
+    dirs, notes = expand_run_dirs(run_dirs)
+    for note in notes:
+        errors.print(f"not compared: {note}", highlight=False, markup=False)
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    result = aggregate(read_runs(dirs), chosen, baseline, test)
+    if fmt == "console" and output is None:
+        header, rows = table(result, "console", names)
+        table_ = Table(title="runs grouped over seeds", caption=escape(result.caption(names)))
+        for column in header:
+            table_.add_column(escape(column), justify="left" if column == "group" else "right")
+        for row in rows:
+            table_.add_row(*(escape(cell) for cell in row))
+        console.print(table_)
+        return
+    _write_table(render(result, "markdown" if fmt == "console" else fmt, names), output)
+
+
+def _plain_table(header: list[str], rows: list[list[str]], fmt: str, title: str) -> str:
+    """An ungrouped table as Markdown, CSV or LaTeX."""
+    import csv
+    import io
+
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+        return buffer.getvalue()
+    if fmt == "latex":
+        from .aggregate import _LATEX
+
+        def esc(text: str) -> str:
+            return "".join(_LATEX.get(ch, ch) for ch in text)
+
+        lines = [r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}", r"\toprule",
+                 " & ".join(map(esc, header)) + r" \\", r"\midrule", *(" & ".join(map(esc, r)) + r" \\" for r in rows),
+                 r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+             *("| " + " | ".join(r) + " |" for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_table(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from .atomic import write_text
+
+    try:
+        write_text(output, text)
+    except OSError as exc:
+        raise FairError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="JSON or YAML sweep spec: base run spec, axes, overrides")],
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="cells run at the same time")] = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local (processes here) or submitit (SLURM, or "
+                                          "submitit's local executor where there is no SLURM)")] = "local",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells and what they would do; run nothing")] = False,
+) -> None:
+    """Run every cell of a sweep (one ordinary run each); a rerun skips finished cells and resumes the others."""
+    from .sweep import cell_is_finished, load_sweep, run_sweep
+
+    if executor not in ("local", "submitit"):
+        raise FairError(f"--executor: unknown executor {executor!r}; choose local or submitit")
+    spec, cells = load_sweep(sweep_file)  # every cell checked before anything starts
+    if executor == "submitit":
+        try:
+            import submitit  # noqa: F401
+        except ImportError:
+            raise FairError("--executor submitit: submitit is not installed; pip install 'fair-core[submitit]'") from None
+    if dry_run:
+        for cell in cells:
+            done = "finished, skipped" if cell_is_finished(cell) else "to run"
+            extra = f"; overrides {json.dumps(cell.overrides)}" if cell.overrides else ""
+            console.print(f"{cell.spec['output_dir']}: {done}{extra}", highlight=False, markup=False)
+        console.print(f"{len(cells)} cells", highlight=False)
+        return
+    result = run_sweep(spec, cells, str(sweep_file), jobs, executor,  # type: ignore[arg-type]
+                       report=lambda line: console.print(line, highlight=False, markup=False))
+    failed = [name for name, entry in result.items() if entry["state"] != "finished"]
+    if failed:
+        errors.print(f"{len(failed)} of {len(result)} cells failed: {', '.join(failed)} (errors in "
+                     f"{Path(spec.output_dir) / 'sweep.json'})", highlight=False, markup=False)
+        raise typer.Exit(1)
+    console.print(f"all {len(result)} cells finished in {spec.output_dir}", highlight=False)
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run or sweep folders")],
+    x: Annotated[str, typer.Option("--x", help="metric on the x axis, e.g. accuracy")],
+    y: Annotated[str, typer.Option("--y", help="metric on the y axis, e.g. worst_group_accuracy")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="figure file (.png, .pdf or .svg)")] = Path("tradeoff.png"),
+    names: Annotated[str, typer.Option("--names", help="axis names: fair or study")] = "fair",
+) -> None:
+    """The trade-off between two metrics: one point per group of seeds (mean ± std), the Pareto front highlighted."""
+    from .aggregate import aggregate, column_name, expand_run_dirs, read_runs
+    from .plot import FORMATS, draw_tradeoff, write_plot
+
+    column_name(x, names)
+    if output.suffix.lower().lstrip(".") not in FORMATS:
+        raise FairError(f"--output: {output.name}: the figure format comes from the suffix: .png, .pdf or .svg")
+    dirs, notes = expand_run_dirs(run_dirs)
+    for note in notes:
+        errors.print(f"not plotted: {note}", highlight=False, markup=False)
+    result = aggregate(read_runs(dirs), [x, y] if x != y else [x])
+    path = write_plot(draw_tradeoff(result.groups, x, y, names), output)
+    console.print(f"wrote {path}")
 
 
 @app.command()
