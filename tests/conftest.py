@@ -39,6 +39,22 @@ def write_utkface(root: Path, n: int, size: int = 12) -> Path:
     return root
 
 
+def dense_operating_point(embeddings, identities, fpr):
+    """Verification at one operating point from full N x N matrices (the reference the block-wise
+    code must equal): the threshold (the ceil(fpr * n_neg)-th largest ordered negative), and the
+    boolean matrices accepted (s > t), same identity, and the diagonal."""
+    import math
+
+    import torch
+
+    similarity = embeddings @ embeddings.T
+    same = identities.unsqueeze(1) == identities.unsqueeze(0)
+    itself = torch.eye(identities.numel(), dtype=torch.bool)
+    negatives = similarity[~same]
+    threshold = negatives.sort(descending=True).values[max(1, math.ceil(fpr * negatives.numel())) - 1]
+    return threshold.item(), similarity > threshold, same, itself
+
+
 def small_spec(output_dir: Path, **sections) -> dict:
     """A fast ERM-on-synthetic spec (a few seconds on 2 CPU cores)."""
     spec = {

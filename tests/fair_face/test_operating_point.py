@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import dense_operating_point
 from fair_core.tasks import EmbeddingSet
 from fair_core.tasks.verification import VerificationParams
 from fair_face import operating_point as op
@@ -25,19 +26,12 @@ def planted(n_identities=60, images=5, dim=16, seed=0):
 
 def dense_reference(embeddings, identities, groups, fpr):
     """The same quantities from the full N x N matrices (what the block-wise code must equal)."""
-    n = identities.numel()
-    similarity = embeddings @ embeddings.T
-    same = identities.unsqueeze(1) == identities.unsqueeze(0)
-    itself = torch.eye(n, dtype=torch.bool)
-    negatives = similarity[~same]
-    k = max(1, math.ceil(fpr * negatives.numel()))
-    threshold = negatives.sort(descending=True).values[k - 1]
-    accepted = similarity > threshold
+    threshold, accepted, same, itself = dense_operating_point(embeddings, identities, fpr)
     positive = same & ~itself
     tpr = [(accepted & positive)[groups == g].sum() / positive[groups == g].sum() for g in (0, 1)]
     fpr_g = [(accepted & ~same)[groups == g].sum() / (~same)[groups == g].sum() for g in (0, 1)]
     total_tpr = (accepted & positive).sum() / positive.sum()
-    return threshold.item(), torch.stack(tpr).double(), torch.stack(fpr_g).double(), total_tpr.double()
+    return threshold, torch.stack(tpr).double(), torch.stack(fpr_g).double(), total_tpr.double()
 
 
 def state(embeddings, identities, groups, fpr, block_size):

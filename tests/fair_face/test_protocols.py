@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import dense_operating_point
 from fair_core.tasks import EmbeddingSet
 from fair_core.tasks.verification import VerificationParams
 from fair_face import operating_point as op
@@ -164,14 +165,7 @@ def sign_embeddings(seed=0, n_identities=90, dim=64, groups=3):
 def dense_reference(embeddings, identities, groups, fpr, num_groups=3):
     """The original protocol's formulas on full N x N matrices, the self-match removed and the
     single-image identities left out."""
-    n = identities.numel()
-    similarity = embeddings @ embeddings.T
-    same = identities.unsqueeze(1) == identities.unsqueeze(0)
-    itself = torch.eye(n, dtype=torch.bool)
-    negatives = similarity[~same]
-    k = max(1, math.ceil(fpr * negatives.numel()))
-    threshold = negatives.sort(descending=True).values[k - 1]
-    accepted = similarity > threshold
+    threshold, accepted, same, itself = dense_operating_point(embeddings, identities, fpr)
     tp = (accepted & same & ~itself).sum(1)
     fn = (~accepted & same & ~itself).sum(1)
     fp = (accepted & ~same).sum(1)
@@ -200,7 +194,7 @@ def dense_reference(embeddings, identities, groups, fpr, num_groups=3):
 
     by_race = [[t for t, r in zip(tpr, race, strict=True) if r == g] for g in range(num_groups)]
     by_race_fpr = [[f for f, r in zip(fpr_, race, strict=True) if r == g] for g in range(num_groups)]
-    return {"threshold": threshold.item(), "tpr": tpr, "fpr": fpr_, "race": race, "excluded": excluded,
+    return {"threshold": threshold, "tpr": tpr, "fpr": fpr_, "race": race, "excluded": excluded,
             "inst_tpr_std": std(tpr), "inst_fpr_std": std(fpr_), "inst_tpr_mean": sum(tpr) / len(tpr),
             "inst_fpr_mean": sum(fpr_) / len(fpr_), "inst_excluded": excluded, "inst_intra_sim": sum(intra) / len(intra),
             "inst_inter_sim": inter, "inst_group_tpr": [sum(v) / len(v) for v in by_race],
@@ -250,14 +244,10 @@ def test_counts_on_float_embeddings_match_dense_counts():
     centres = F.normalize(torch.randn(60, 32, generator=generator, dtype=torch.float64), dim=1)
     embeddings = F.normalize(centres[identities] + 0.15 * torch.randn(300, 32, generator=generator, dtype=torch.float64),
                              dim=1)
-    similarity = embeddings @ embeddings.T
-    same = identities.unsqueeze(1) == identities.unsqueeze(0)
-    positive = same & ~torch.eye(300, dtype=torch.bool)
     for fpr in (1e-3, 1e-2):
         point = op.counts_at_fpr(embeddings, identities, fpr, 64)
-        negatives = similarity[~same].sort(descending=True).values
-        threshold = negatives[math.ceil(fpr * negatives.numel()) - 1].item()
-        accepted = similarity > threshold
+        threshold, accepted, same, itself = dense_operating_point(embeddings, identities, fpr)
+        positive = same & ~itself
         assert point.threshold == threshold
         assert torch.equal(point.tp, (accepted & positive).sum(1)) and torch.equal(point.fp, (accepted & ~same).sum(1))
         assert torch.all(point.tp + point.fn == 4) and torch.all(point.fp + point.tn == 295)
