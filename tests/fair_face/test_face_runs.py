@@ -56,11 +56,17 @@ def rfw_root(tmp_path_factory):
     return write_rfw(tmp_path_factory.mktemp("rfw") / "RFW")
 
 
-@pytest.mark.parametrize("method", [{"name": "margin", "params": {"head": "arcface", "s": 16, "m": 0.2}},
-                                    {"name": "mixfairface", "params": {"s": 16, "m": 0.2}}])
-def test_a_face_model_trained_on_identities_is_judged_on_rfw_by_race(tmp_path, rfw_root, method):
+IRESNET = {"name": "iresnet18", "params": {"width": 4, "input_size": 16, "embedding_dim": 16}}
+
+
+@pytest.mark.parametrize("method,model", [({"name": "margin", "params": {"head": "arcface", "s": 16, "m": 0.2}}, None),
+                                          ({"name": "mixfairface", "params": {"s": 16, "m": 0.2}}, IRESNET)])
+def test_a_face_model_trained_on_identities_is_judged_on_rfw_by_race(tmp_path, rfw_root, method, model):
     out = tmp_path / "run"
-    result = run(parse_spec(face_spec(out, method, rfw_root)))
+    spec = face_spec(out, method, rfw_root)
+    if model is not None:  # MixFairFace's debias layer on an IResNet's stage-4 map (1x1 at 16 px)
+        spec["model"] = model
+    result = run(parse_spec(spec))
     assert result["data"]["dataset"] == "rfw" and result["data"]["groups"] == list(RACES)
     assert result["overall"]["n"] == 36 and result["overall"]["identities"] == 12 and result["overall"]["pairs"] == 40
     for key in ("rfw_val_acc", "rfw_val_at_far", "inst_tpr_mean", "inst_fpr_mean", "inst_intra_sim", "inst_inter_sim"):
