@@ -32,7 +32,6 @@ Random draws use torch's global generator, which the runner seeds per epoch and 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,7 +54,6 @@ from .images import (
     decode_text,
     one_line,
     open_image,
-    open_zip,
     quote,
     read_bytes,
     read_member,
@@ -154,10 +152,7 @@ class ZipSource(ZipReader):
     Each process opens its own handle; an open archive is never pickled nor shared after a fork."""
 
     def __init__(self, path: Path, in_memory: bool):
-        self.path = path
-        self._archive, self.data = open_zip(path, in_memory)  # in memory: at most MAX_ZIP_IN_MEMORY_BYTES
-        self._pid = os.getpid()
-        self.members = frozenset(self._archive.namelist())
+        self.members = frozenset(self._read_archive(path, in_memory))
 
     def where(self, name: str) -> str:
         return f"{self.path}:{FOLDER}/{name}"

@@ -325,6 +325,14 @@ class ZipReader:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_archive": None}
 
+    def _read_archive(self, path: Path, in_memory: bool) -> list[str]:
+        """Open the zip at ``path`` in this process (its bytes read into ``data`` with ``in_memory``,
+        at most ``MAX_ZIP_IN_MEMORY_BYTES``) and return its member names."""
+        self.path = path
+        self._archive, self.data = open_zip(path, in_memory)
+        self._pid = os.getpid()
+        return self._archive.namelist()
+
     def _open(self) -> zipfile.ZipFile:
         if self._archive is None or self._pid != os.getpid():  # a forked worker opens its own handle
             try:

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from fair_core import DatasetBuilder, FairError, Preprocessing, SplitData
-from fair_data.images import ImageFiles, ZipImages, ZipReader, decode_text, open_zip, quote, read_bytes, read_member
+from fair_data.images import ImageFiles, ZipImages, ZipReader, decode_text, quote, read_bytes, read_member
 
 RACES = ("African", "Asian", "Caucasian", "Indian")  # MixFairFace's race_lst: attribute i is RACES[i]
 INDEX = "data/index.txt"
@@ -101,10 +101,7 @@ class ZipFiles(ZipReader):
     Each process opens its own handle; an open archive is never pickled nor shared after a fork."""
 
     def __init__(self, path: Path, in_memory: bool):
-        self.path = path
-        self._archive, self.data = open_zip(path, in_memory)  # in memory: at most MAX_ZIP_IN_MEMORY_BYTES
-        self._pid = os.getpid()
-        self.members = frozenset(m for m in self._archive.namelist() if not m.endswith("/"))
+        self.members = frozenset(m for m in self._read_archive(path, in_memory) if not m.endswith("/"))
 
     def where(self, name: str) -> str:
         return f"{self.path}:{name}" if name else str(self.path)
