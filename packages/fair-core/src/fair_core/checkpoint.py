@@ -221,7 +221,7 @@ def check_resume_state(
         value = state[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             fail(f"{key} is {quote(value)}, not {'an integer' if kind is int else 'a ' + kind.__name__}")
-    if not 0 <= state["epoch"] < epochs:
+    if not (0 <= state["epoch"] < epochs or (epochs == 0 and state["epoch"] == -1)):  # -1: a loop of no epoch
         fail(f"epoch is {state['epoch']}, outside [0, {epochs}) for a run of {epochs} epochs")
     if state["global_step"] < 0:
         fail(f"global_step is {state['global_step']}, a negative step")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from huggingface_hub import ModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
@@ -377,6 +377,8 @@ class FairModel(nn.Module, ModelHubMixin, library_name="fair", tags=["fairness"]
             try:
                 return Path(hf_hub_download(model_id, filename, revision=revision, cache_dir=cache_dir,
                                             force_download=force_download, local_files_only=local_files_only, token=token))
+            except HFValidationError:
+                raise FairError(f"{model_id}: neither a folder nor a Hub repo id (org/name)") from None
             except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError) as exc:
                 if not required and isinstance(exc, EntryNotFoundError):
                     return None

@@ -13,6 +13,11 @@ hooks, each with a plain default, so that ``ERM`` is the base class with nothing
   segmentation), :meth:`Method.embed` gives the embeddings of face verification;
 * post-processing: :meth:`Method.post_train` runs once after the last epoch (fine-tune a layer,
   learn an input perturbation, ...).
+* two stages: a method with ``two_stage = True`` starts from a trained model, ``method.params.base``
+  (its ``Params`` extend :class:`fair_core.base_model.BaseModelParams`), trained first in the same
+  run when omitted. :meth:`Method.use_base` receives it before the model is built (by default the
+  backbone starts from its weights), and :meth:`Method.stage_train` may give the method's own loop
+  its own recipe (epochs, optimiser, lr: the paper's settings of the post-processing step).
 
 A method declares the tasks it supports (``tasks``; ``"*"`` for any task); its default loss is
 the task's (:meth:`fair_core.tasks.Task.loss`), so the base class is ERM for every task.
@@ -36,6 +41,7 @@ from .data import DataInfo, FairDataset, NoParams
 
 if TYPE_CHECKING:
     from .runner import Trainer
+    from .spec import TrainSpec
     from .tasks import Task
 
 ANY_TASK = "*"
@@ -63,12 +69,14 @@ class Method:
     description: ClassVar[str] = ""
     ddp_find_unused_parameters: ClassVar[bool] = False  # True when a step leaves some parameters unused
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks it supports; ("*",): any
+    two_stage: ClassVar[bool] = False  # starts from a trained model (params.base; see fair_core.base_model)
 
     def __init__(self, params: BaseModel, info: DataInfo, task: Task | None = None):
         from .tasks import ClassificationTask
 
         self.params, self.info = params, info
         self.task = task if task is not None else ClassificationTask()
+        self.base: nn.Module | None = None  # two-stage methods, in training: the frozen base model
 
     @classmethod
     def supports(cls, task: str) -> bool:
@@ -78,6 +86,22 @@ class Method:
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:
         """Return the training set to use (default: unchanged). ``generator`` is seeded by the run."""
         return TrainingData(train_set)
+
+    # ------------------------------------------------------------------ two stages
+    def use_base(self, base: nn.Module, backbone: nn.Module) -> None:
+        """Two-stage methods, in training (also when resumed), before :meth:`build_model`: ``base``
+        is the trained base model (the spec's architecture, frozen, in eval mode, on the run's
+        device), ``backbone`` the freshly built model. By default the backbone starts from the
+        base's weights (the frozen predictor of a post-processing method); a teacher-student method
+        keeps ``base`` aside instead. A resumed run then loads its checkpoint over the backbone."""
+        self.base = base
+        backbone.load_state_dict(base.state_dict())
+
+    def stage_train(self, train: TrainSpec) -> TrainSpec:
+        """The recipe of this method's training loop (default: the spec's ``train``, which also
+        trained the base model). A post-processing method returns its own epochs, optimiser and lr
+        here (``train.model_copy(update=...)``); 0 epochs leaves all its work to :meth:`post_train`."""
+        return train
 
     # ------------------------------------------------------------------ building
     def build_model(self, backbone: nn.Module) -> nn.Module:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import open_no_follow, write_text
+from .base_model import load_base, train_stage_one
 from .checkpoint import check_resume_state, load_checkpoint, save_checkpoint
 from .data import DatasetBuilder, FairDataset
 from .errors import FairError
@@ -311,7 +312,8 @@ class Trainer:
         self.run_spec, self.spec = run, run.spec
         self.output_dir = Path(self.spec.output_dir)
         self.epoch = 0
-        self.epochs = self.spec.train.epochs  # passes of this run (with max_steps: as many as the steps need)
+        self.train = self.spec.train  # the recipe of this loop: the spec's, or a two-stage method's own
+        self.epochs = self.train.epochs  # passes of this run (with max_steps: as many as the steps need)
         self.global_step = 0
         self.accelerator: Accelerator | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -322,7 +324,7 @@ class Trainer:
         return self.accelerator.device
 
     def make_optimizer(self, parameters, lr: float | None = None) -> torch.optim.Optimizer:
-        train = self.spec.train
+        train = self.train
         lr = train.lr if lr is None else lr
         if train.optimizer == "sgd":
             return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
@@ -337,7 +339,7 @@ class Trainer:
         (or in the ``epoch_order`` it gives, see :class:`~fair_core.method.TrainingData`)."""
         sampler = EpochSampler(len(dataset), self.spec.train.seed + seed_offset, sampling_weights, shuffle, epoch_order)
         loader = DataLoader(
-            dataset, batch_size=batch_size or self.spec.train.batch_size, sampler=sampler,
+            dataset, batch_size=batch_size or self.train.batch_size, sampler=sampler,
             num_workers=self.spec.train.num_workers,
             collate_fn=functools.partial(self.run_spec.task.collate, info=dataset.info),
             pin_memory=torch.cuda.is_available(), persistent_workers=self.spec.train.num_workers > 0,
@@ -377,9 +379,13 @@ class Trainer:
                                 f"{task.name} model is evaluated on the classes it was trained on")
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         with RunFolder(self.output_dir).claim(spec.model_dump(mode="json"), resume, overwrite, world_size):
-            return self._fit(train_set, eval_set, resume, world_size)
+            base_source = None
+            if run.method_cls.two_stage:  # the base model's source; stage 1 trains it when not given
+                base_source = run.method_params.base or train_stage_one(spec, resume, overwrite)
+            return self._fit(train_set, eval_set, resume, world_size, base_source)
 
-    def _fit(self, train_set: FairDataset, eval_set: FairDataset, resume: bool, world_size: int) -> dict[str, Any]:
+    def _fit(self, train_set: FairDataset, eval_set: FairDataset, resume: bool, world_size: int,
+             base_source: str | Path | None = None) -> dict[str, Any]:
         spec, run, task = self.spec, self.run_spec, self.run_spec.task
         seed_everything(spec.train.seed)
         info = train_set.info
@@ -399,18 +405,23 @@ class Trainer:
         self._loaders: list[DataLoader] = []
 
         method = run.method_cls(run.method_params, info, task)
+        self.train = method.stage_train(spec.train)
+        self.epochs = self.train.epochs
         training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
-        model = method.build_model(run.model.build(info.num_classes))
+        backbone = run.model.build(info.num_classes)
+        if base_source is not None:
+            method.use_base(load_base(base_source, run, info).to(accelerator.device), backbone)
+        model = method.build_model(backbone)
         self.optimizers = method.configure_optimizers(model, self.make_optimizer)
         model, *self.optimizers = accelerator.prepare(model, *self.optimizers)
         train_loader = self.make_loader(training.dataset, sampling_weights=training.sampling_weights,
                                         epoch_order=training.epoch_order)
-        max_steps = spec.train.max_steps
+        max_steps = self.train.max_steps
         if max_steps is not None:  # iteration-based: passes as needed, the scheduler counts steps
             if len(train_loader) == 0:
                 raise FairError("train.max_steps: the training set gives no batch")
             self.epochs = math.ceil(max_steps / len(train_loader))
-        factor = schedule_factor(spec.train, self.epochs if max_steps is None else max_steps)
+        factor = schedule_factor(self.train, self.epochs if max_steps is None else max_steps)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in self.optimizers]
 
         start_epoch, post_trained = 0, False
@@ -482,9 +493,12 @@ class Trainer:
         train_seconds = time.perf_counter() - started
         epochs_run, steps_run = self.epochs - start_epoch, self.global_step - start_step
 
+        post_seconds = None
         if not post_trained:
             self.epoch = self.epochs
+            post_started = time.perf_counter()
             method.post_train(model, self)
+            post_seconds = time.perf_counter() - post_started
             save(self.epochs - 1, post_trained=True)
 
         evaluation = self.evaluate(method, model, eval_set)
@@ -495,7 +509,8 @@ class Trainer:
                 run.metrics, spec.eval, spec.train.seed,
                 timing={"epochs_timed": epochs_run, "steps_timed": steps_run,
                         "seconds_per_epoch": train_seconds / epochs_run if epochs_run else None,
-                        "seconds_per_step": train_seconds / steps_run if steps_run else None},
+                        "seconds_per_step": train_seconds / steps_run if steps_run else None,
+                        "seconds_post_train": post_seconds},
                 packages=run.packages, fair_version=__version__,
             )
             try:
