@@ -1,0 +1,66 @@
+"""Leakage: how well a fresh adversary recovers the protected attribute from what a model outputs.
+
+Post-processing methods that hide the protected attribute from an adversary (FairReprogram on the
+output scores, FAAP on the deployed model's features) are judged by an adversary they did not
+train against: ``attribute_leakage`` fits a multinomial logistic regression (standardised inputs,
+L2 penalty, full-batch L-BFGS) on ``k - 1`` folds of the representations and reports its accuracy on
+the held-out fold, averaged over ``k`` stratified folds ("leakage", Wang et al., "Balanced Datasets
+Are Not Enough", ICCV 2019). Its floor is the majority group's share (:func:`majority_share`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def stratified_folds(groups: Tensor, folds: int, seed: int) -> Tensor:
+    """The fold (0..folds-1) of every sample: each group dealt round-robin over the folds in a
+    seeded random order, so every fold holds each group's share."""
+    generator = torch.Generator().manual_seed(seed)
+    fold = torch.empty_like(groups)
+    for g in torch.unique(groups):
+        members = torch.nonzero(groups == g).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        fold[members] = torch.arange(members.numel()) % folds
+    return fold
+
+
+def fit_logistic_regression(x: Tensor, y: Tensor, num_classes: int, l2: float = 1e-3, steps: int = 100) -> tuple[Tensor, Tensor]:
+    """Weights ``(d, K)`` and bias ``(K,)`` minimising mean cross-entropy + ``l2 * ||W||^2 / 2``."""
+    weight = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+@torch.no_grad()
+def attribute_leakage(representations: Tensor, groups: Tensor, folds: int = 5, seed: int = 0, l2: float = 1e-3) -> float:
+    """Held-out accuracy of a logistic-regression adversary predicting ``groups`` from
+    ``representations`` ``(N, d)``, averaged over ``folds`` stratified folds."""
+    x = representations.detach().double().flatten(1)
+    groups = groups.long()
+    fold = stratified_folds(groups, folds, seed)
+    num_groups = int(groups.max()) + 1
+    accuracies = []
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
+        with torch.enable_grad():
+            weight, bias = fit_logistic_regression((x[train] - mean) / std, groups[train], num_groups, l2)
+        predicted = (((x[test] - mean) / std) @ weight + bias).argmax(1)
+        accuracies.append((predicted == groups[test]).double().mean().item())
+    return sum(accuracies) / folds
+
+
+def majority_share(groups: Tensor) -> float:
+    """The accuracy of always guessing the largest group: the floor of :func:`attribute_leakage`."""
+    return torch.bincount(groups.long()).max().item() / groups.numel()
