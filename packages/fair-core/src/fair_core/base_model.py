@@ -71,7 +71,9 @@ def train_stage_one(spec: RunSpec, resume: bool, overwrite: bool) -> Path:
     if run_state(folder) == "finished" and record.get("spec_hash") == spec_hash(dumped) and (folder / "model.safetensors").is_file():
         return folder
     try:
-        Trainer(resolve(stage_one)).fit(resume=resume, overwrite=overwrite)
+        trainer = Trainer(resolve(stage_one))
+        trainer.last_stage = False
+        trainer.fit(resume=resume, overwrite=overwrite)
     except FairError as exc:
         raise FairError(f"{BASE_FIELD} (stage 1, the base model in {folder}): {exc}") from None
     return folder

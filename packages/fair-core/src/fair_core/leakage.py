@@ -64,3 +64,28 @@ def attribute_leakage(representations: Tensor, groups: Tensor, folds: int = 5, s
 def majority_share(groups: Tensor) -> float:
     """The accuracy of always guessing the largest group: the floor of :func:`attribute_leakage`."""
     return torch.bincount(groups.long()).max().item() / groups.numel()
+
+
+@torch.no_grad()
+def model_outputs(model, dataset, batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """The class scores (the method's inference rule), the features (``network.features``: a
+    post-processing method's features of its modified input) and the groups of every sample of
+    ``dataset`` (a :class:`~fair_core.FairDataset`, already preprocessed), for a
+    :class:`~fair_core.FairModel` ``model``."""
+    from torch.utils.data import DataLoader
+
+    network = model.network.eval()
+    scores, features, groups = [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        scores.append(model.method.predict(network, batch["image"]).float())
+        features.append(network.features(batch["image"]).float())
+        groups.append(batch["group"])
+    return torch.cat(scores), torch.cat(features), torch.cat(groups)
+
+
+def model_leakage(model, dataset, folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """:func:`attribute_leakage` of a model's class scores and of its features on ``dataset``,
+    with the majority group's share (the floor)."""
+    scores, features, groups = model_outputs(model, dataset)
+    return {"scores": attribute_leakage(scores, groups, folds, seed), "features": attribute_leakage(features, groups, folds, seed),
+            "majority": majority_share(groups)}

@@ -317,6 +317,7 @@ class Trainer:
         self.global_step = 0
         self.accelerator: Accelerator | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
+        self.last_stage = True  # False for stage 1 of a two-stage run (fair_core.base_model)
 
     # ------------------------------------------------------------------ for methods
     @property
@@ -381,6 +382,8 @@ class Trainer:
         with RunFolder(self.output_dir).claim(spec.model_dump(mode="json"), resume, overwrite, world_size):
             base_source = None
             if run.method_cls.two_stage:  # the base model's source; stage 1 trains it when not given
+                # the method's own recipe is checked before stage 1 spends its time
+                run.method_cls(run.method_params, train_set.info, task).stage_train(spec.train)
                 base_source = run.method_params.base or train_stage_one(spec, resume, overwrite)
             return self._fit(train_set, eval_set, resume, world_size, base_source)
 
@@ -519,7 +522,11 @@ class Trainer:
                 raise FairError(f"cannot write the results to {self.output_dir}: {exc.strerror or exc}") from None
         accelerator.log({f"eval/{k}": v for k, v in result.get("fairness", {}).items() if v is not None})
         accelerator.wait_for_everyone()  # no process tears the group down while another still writes
-        accelerator.end_training()
+        if self.last_stage:
+            accelerator.end_training()
+        else:  # stage 1 of a two-stage run: its logs end, the process group stays for stage 2
+            for tracker in accelerator.trackers:
+                tracker.finish()
         return result
 
     def evaluate(self, method: Method, model: nn.Module, dataset: FairDataset) -> Evaluation:
