@@ -14,10 +14,14 @@ from fair_core.hub import from_pretrained
 from fair_core.plugins import get_registry
 
 
-@pytest.mark.parametrize("method", ["erm", "os"])
+@pytest.mark.parametrize("method", [
+    {"name": "erm"}, {"name": "os"},
+    # two-stage: stage 1 (erm in out/base) and stage 2 in one command, on the same process group
+    {"name": "faap", "params": {"epochs": 1, "batch_size": 32, "generator_width": 4}},
+], ids=lambda m: m["name"])
 def test_two_process_run_matches_one_process_evaluation(tmp_path, write_spec, method):
     # 202 test images, eval batches of 16: the last batch of one process is padded by duplicates
-    spec = small_spec(tmp_path / "out", method={"name": method}, train={"epochs": 1, "batch_size": 32},
+    spec = small_spec(tmp_path / "out", method=method, train={"epochs": 1, "batch_size": 32},
                       data={"name": "synthetic", "params": {"train_size": 400, "test_size": 202, "image_size": 24}},
                       eval={"bootstrap": 0, "batch_size": 16})
     result = subprocess.run([*FAIR, "run", str(write_spec(spec)), "--num-processes", "2"], capture_output=True, text=True,

@@ -7,7 +7,7 @@ from fair_core.plugins import get_registry
 from fair_core.runner import resolve, resolve_data
 from fair_core.spec import load_spec
 
-METHODS = {"erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "zut"}
+METHODS = {"erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "zut", "mfd", "fdr", "fair_reprogram", "faap"}
 FACE_METHODS = {"margin", "mixfairface", "multibranch", "ddl"}  # fair-face's
 
 

@@ -7,7 +7,11 @@ from .bias_contrastive import BiasContrastive
 from .bias_mimicking import BiasMimicking
 from .domain_independent import DomainIndependent
 from .erm import ERM
+from .faap import FAAP
+from .fair_reprogram import FairReprogram
+from .fdr import FDR
 from .flac import FLAC
+from .mfd import MFD
 from .resampling import Oversampling, Undersampling, Upweighting
 from .zut import ZUT
 
@@ -21,7 +25,11 @@ METHODS = {
     "adv": Adversarial,
     "bcbb": BiasContrastive,
     "flac": FLAC,
+    "mfd": MFD,
     "zut": ZUT,
+    "fdr": FDR,
+    "fair_reprogram": FairReprogram,
+    "faap": FAAP,
 }
 
 
