@@ -45,3 +45,23 @@ def test_no_information_gives_about_the_majority_share_and_full_information_give
     x, g = _data(separation=0.0)
     assert abs(attribute_leakage(x, g) - majority_share(g)) < 0.1
     assert attribute_leakage(g[:, None].float() + 0.01 * torch.randn(len(g), 1), g) == 1.0
+
+
+def test_within_class_leakage_is_the_size_weighted_mean_of_per_class_adversaries():
+    x, g = _data(n=400, separation=2.0)
+    labels = torch.arange(400) % 3 == 0  # a third in class 1
+    labels = labels.long()
+    per_class = [attribute_leakage(x[labels == c], g[labels == c]) for c in (0, 1)]
+    sizes = [(labels == c).sum().item() for c in (0, 1)]
+    expected = (sizes[0] * per_class[0] + sizes[1] * per_class[1]) / 400
+    assert attribute_leakage(x, g, labels=labels) == pytest.approx(expected)
+    # a group that only the class reveals (the group is the class for 90% of samples): read off the
+    # class without the labels, at about the floor within a class
+    generator = torch.Generator().manual_seed(1)
+    classes = torch.randint(0, 2, (400,), generator=generator)
+    flipped = torch.rand(400, generator=generator) < 0.1
+    tied = torch.where(flipped, 1 - classes, classes)
+    x_class = torch.cat([classes[:, None].float(), torch.randn(400, 2, generator=generator)], 1)
+    assert attribute_leakage(x_class, tied) > 0.85
+    assert abs(attribute_leakage(x_class, tied, labels=classes) - majority_share(tied, classes)) < 0.03
+    assert majority_share(g, labels) == pytest.approx(sum(torch.bincount(g[labels == c]).max().item() for c in (0, 1)) / 400)

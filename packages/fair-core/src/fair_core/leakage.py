@@ -6,6 +6,12 @@ train against: ``attribute_leakage`` fits a multinomial logistic regression (sta
 L2 penalty, full-batch L-BFGS) on ``k - 1`` folds of the representations and reports its accuracy on
 the held-out fold, averaged over ``k`` stratified folds ("leakage", Wang et al., "Balanced Datasets
 Are Not Enough", ICCV 2019). Its floor is the majority group's share (:func:`majority_share`).
+
+With ``labels`` the adversary is fitted within each class and the accuracies are averaged with the
+classes' sizes: what the representation reveals of the group *beyond the class*, the leakage that
+equalised odds asks to remove (FairReprogram's adversary, for the ``eo`` criterion, also sees the
+label). Without, an adversary on the whole set also reads the group off the class wherever the
+data ties them (demographic parity's leakage).
 """
 
 from __future__ import annotations
@@ -43,9 +49,20 @@ def fit_logistic_regression(x: Tensor, y: Tensor, num_classes: int, l2: float = 
 
 
 @torch.no_grad()
-def attribute_leakage(representations: Tensor, groups: Tensor, folds: int = 5, seed: int = 0, l2: float = 1e-3) -> float:
+def attribute_leakage(representations: Tensor, groups: Tensor, folds: int = 5, seed: int = 0, l2: float = 1e-3,
+                      labels: Tensor | None = None) -> float:
     """Held-out accuracy of a logistic-regression adversary predicting ``groups`` from
-    ``representations`` ``(N, d)``, averaged over ``folds`` stratified folds."""
+    ``representations`` ``(N, d)``, averaged over ``folds`` stratified folds; with ``labels``, of one
+    adversary per class, averaged with the classes' sizes (classes with one group: accuracy 1)."""
+    if labels is not None:
+        total = 0.0
+        for label in torch.unique(labels):
+            members = labels == label
+            if torch.unique(groups[members]).numel() < 2:
+                total += members.sum().item()
+                continue
+            total += members.sum().item() * attribute_leakage(representations[members], groups[members], folds, seed, l2)
+        return total / labels.numel()
     x = representations.detach().double().flatten(1)
     groups = groups.long()
     fold = stratified_folds(groups, folds, seed)
@@ -61,31 +78,36 @@ def attribute_leakage(representations: Tensor, groups: Tensor, folds: int = 5, s
     return sum(accuracies) / folds
 
 
-def majority_share(groups: Tensor) -> float:
-    """The accuracy of always guessing the largest group: the floor of :func:`attribute_leakage`."""
+def majority_share(groups: Tensor, labels: Tensor | None = None) -> float:
+    """The accuracy of always guessing the largest group (within each class, with ``labels``):
+    the floor of :func:`attribute_leakage`."""
+    if labels is not None:
+        return sum(torch.bincount(groups[labels == label].long()).max().item() for label in torch.unique(labels)) / groups.numel()
     return torch.bincount(groups.long()).max().item() / groups.numel()
 
 
 @torch.no_grad()
-def model_outputs(model, dataset, batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+def model_outputs(model, dataset, batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The class scores (the method's inference rule), the features (``network.features``: a
-    post-processing method's features of its modified input) and the groups of every sample of
-    ``dataset`` (a :class:`~fair_core.FairDataset`, already preprocessed), for a
+    post-processing method's features of its modified input), the targets and the groups of every
+    sample of ``dataset`` (a :class:`~fair_core.FairDataset`, already preprocessed), for a
     :class:`~fair_core.FairModel` ``model``."""
     from torch.utils.data import DataLoader
 
     network = model.network.eval()
-    scores, features, groups = [], [], []
+    scores, features, targets, groups = [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         scores.append(model.method.predict(network, batch["image"]).float())
         features.append(network.features(batch["image"]).float())
+        targets.append(batch["target"])
         groups.append(batch["group"])
-    return torch.cat(scores), torch.cat(features), torch.cat(groups)
+    return torch.cat(scores), torch.cat(features), torch.cat(targets), torch.cat(groups)
 
 
 def model_leakage(model, dataset, folds: int = 5, seed: int = 0) -> dict[str, float]:
     """:func:`attribute_leakage` of a model's class scores and of its features on ``dataset``,
-    with the majority group's share (the floor)."""
-    scores, features, groups = model_outputs(model, dataset)
-    return {"scores": attribute_leakage(scores, groups, folds, seed), "features": attribute_leakage(features, groups, folds, seed),
-            "majority": majority_share(groups)}
+    within each class, with its floor (the majority group's share within each class)."""
+    scores, features, targets, groups = model_outputs(model, dataset)
+    return {"scores": attribute_leakage(scores, groups, folds, seed, labels=targets),
+            "features": attribute_leakage(features, groups, folds, seed, labels=targets),
+            "majority": majority_share(groups, targets)}
