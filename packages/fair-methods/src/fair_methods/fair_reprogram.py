@@ -48,6 +48,28 @@ and resumed with the trigger (and ignored at inference). Gradients are computed 
 distributed run never runs a backward pass through DDP; with fp16 the losses are scaled by the
 GradScaler's factor and each optimiser gets its gradients in the units it unscales.
 
+On the synthetic biased dataset (``examples/fair_reprogram.json``: the base is
+``examples/quickstart.json`` at 8 epochs, train = data seeds 0/1/2; leakage: the within-class
+held-out accuracy of a fresh adversary on the class scores, :mod:`fair_core.leakage`, floor 0.5):
+
+    =========================  ================  ================  ================  ================
+    run                        accuracy          worst group       EOD               leakage
+    =========================  ================  ================  ================  ================
+    base (ERM)                 .794/.844/.879    .590/.687/.803    .820/.626/.394    .925/.885/.945
+    FR-B, lam 10, lr 1e-2      .756/.780/.780    .698/.704/.651    .320/.300/.604    .707/.675/.912
+    FR-B, lam 0, lr 1e-2       .742/.843/.808    .566/.766/.650    .864/.380/.700    .930/.660/.946
+    FR-B, lam 10, lr 1e-4      .759/.501/.803    .598/.500/.668    .712/.006/.606    .818/.671/.917
+    =========================  ================  ================  ================  ================
+
+The trigger lowered the leakage on every seed, and the equalized-odds difference on two of
+three (seed 2: 0.604 against the base's 0.394), at 4 to 10 points of accuracy. How much of it is
+the adversary's doing depends on the seed: at seeds 0 and 2 a trigger trained for accuracy alone
+(``lam = 0``) leaks as the base does, at seed 1 it leaks as little as with the adversary. The
+budget matters: 10 epochs of this 4000-image set are 630 steps, where the study's 20 CelebA
+epochs are ~25 000, so the example's lr is 1e-2; at the study's 1e-4 the trigger barely moves
+from its random start at seed 0, and at seed 1 the adversary's term (``lam = 10``) drove the
+predictions to one class (accuracy 0.501). The tests assert the lower leakage only.
+
 Defects of the study's code fixed here:
 
 * The study's code evaluates the final model (``--checkpoint``) with no trigger: its test

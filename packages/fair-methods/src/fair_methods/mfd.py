@@ -34,6 +34,23 @@ The study (ISSTA 2024) ran the MFD code with a ResNet-18 teacher and student, Ad
 batch 128, 50 epochs at 176 px on CelebA (``lambda_f = 7``), 100 epochs on UTKFace (176 px) and
 CIFAR-10S (32 px) (``lambda_f = 3``), ``lambda_h = 0``, RBF kernel, label-wise batches.
 
+On the synthetic biased dataset (``examples/mfd.json``; the teacher is ``examples/quickstart.json``
+at 8 epochs and the student trains as long; train = data seeds 0/1/2; leakage: the within-class
+held-out accuracy of a fresh adversary, :mod:`fair_core.leakage`, floor 0.5):
+
+    ===================  ================  ================  ================  ================
+    run                  accuracy          worst group       leakage, scores   leakage, features
+    ===================  ================  ================  ================  ================
+    teacher (ERM)        .794/.844/.879    .590/.687/.803    .925/.885/.945    .999/.999/.998
+    MFD                  .939/.914/.957    .898/.857/.915    .591/.575/.539    .887/.935/.931
+    lambda_f = 0         .969/.967/.963    .947/.934/.927    .897/.742/.878    .998/1.00/1.00
+    ===================  ================  ================  ================  ================
+
+The student beat its teacher's worst-group accuracy on every seed (the tests assert it), but the
+label-wise batches alone (``lambda_f = 0``: balanced sampling, no distillation) did better still:
+on this dataset the gain in accuracy comes from the sampler. What the MMD term adds is what it is
+for: the student's features and scores tell the protected group apart far less within a class.
+
 Defects of the study's code fixed here:
 
 * The study's code steps its ``MultiStepLR`` with the evaluation loss (``scheduler.step(eval_loss)``
