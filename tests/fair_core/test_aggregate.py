@@ -113,3 +113,16 @@ def test_formats_names_and_baseline(runs, tmp_path):
 def test_ungrouped_compare_is_unchanged(runs):
     done = CliRunner().invoke(app, ["compare", *map(str, runs[:2])])
     assert done.exit_code == 0 and "runs" in done.stdout and "±" not in done.stdout
+
+
+def test_repeats_of_a_two_stage_method_from_their_own_base_are_one_group():
+    from fair_core.aggregate import group_key
+
+    def metrics(seed, base):
+        return {"spec": {"method": {"name": "fdr", "params": {"base": base}}, "train": {"seed": seed},
+                         "data": {"name": "synthetic", "params": {"seed": seed}}}}
+
+    assert group_key(metrics(0, "runs/erm-0")) == group_key(metrics(1, "runs/erm-1"))
+    other = metrics(0, "runs/erm-0")
+    other["spec"]["method"]["params"]["constraint"] = "ae"
+    assert group_key(other) != group_key(metrics(0, "runs/erm-0"))

@@ -5,7 +5,9 @@ sweep folder).
   (:func:`fair_core.run_folder.result_fields`) except the seeds of the repeat, :data:`SEED_FIELDS`:
   ``train.seed`` and ``data.params.seed``. The data seed counts as a seed because a sweep that
   varies it with the train seed repeats the same experiment on another draw of the data; a sweep
-  that varies only one of them groups the same way (the other is constant).
+  that varies only one of them groups the same way (the other is constant). So does a two-stage
+  method's ``method.params.base``: the model each repeat starts from is that repeat's own (its
+  seed's ERM run), so the repeats of one method differ in it by design.
 * **Rows.** Per metric: mean, std (``ddof=1``), the 95% Student-t interval of the mean
   (``mean +- t_{0.975, n-1} std / sqrt(n)``) and n; the training time per epoch relative to the
   baseline row's (``timing.seconds_per_epoch`` of metrics.json).
@@ -31,7 +33,7 @@ from typing import Any, Literal
 from .errors import FairError
 from .report import SIZE_KEYS, display_label, read_metrics
 
-SEED_FIELDS = ("train.seed", "data.params.seed")
+SEED_FIELDS = ("train.seed", "data.params.seed", "method.params.base")
 
 # The ISSTA 2024 fairness study ("DL-Fairness-Study") names the equalized-odds difference "DEO" and
 # the equal-opportunity difference "EOD": the reverse of this project's `eod` / `deo`.

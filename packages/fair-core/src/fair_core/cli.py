@@ -342,23 +342,31 @@ def sweep(
 @app.command()
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="run or sweep folders")],
-    x: Annotated[str, typer.Option("--x", help="metric on the x axis, e.g. accuracy")],
-    y: Annotated[str, typer.Option("--y", help="metric on the y axis, e.g. worst_group_accuracy")],
+    x: Annotated[str | None, typer.Option("--x", help="metric on the x axis, e.g. accuracy")] = None,
+    y: Annotated[str | None, typer.Option("--y", help="metric on the y axis, e.g. worst_group_accuracy")] = None,
+    groups: Annotated[str | None, typer.Option("--groups", help="instead of a trade-off: this per-group metric "
+                                                "(e.g. accuracy) as bars, one per protected group")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="figure file (.png, .pdf or .svg)")] = Path("tradeoff.png"),
     names: Annotated[str, typer.Option("--names", help="axis names: fair or study")] = "fair",
 ) -> None:
-    """The trade-off between two metrics: one point per group of seeds (mean ± std), the Pareto front highlighted."""
-    from .aggregate import aggregate, column_name, expand_run_dirs, read_runs
-    from .plot import FORMATS, draw_tradeoff, write_plot
+    """The trade-off between two metrics (--x, --y): one point per group of seeds (mean ± std), the
+    Pareto front highlighted; or a per-group metric as bars (--groups)."""
+    from .aggregate import aggregate, column_name, expand_run_dirs, group_runs, read_runs
+    from .plot import FORMATS, draw_group_bars, draw_tradeoff, write_plot
 
-    column_name(x, names)
+    if groups is None and (x is None or y is None):
+        raise FairError("fair plot: give --x and --y (a trade-off) or --groups METRIC (per-group bars)")
+    column_name(groups or x, names)
     if output.suffix.lower().lstrip(".") not in FORMATS:
         raise FairError(f"--output: {output.name}: the figure format comes from the suffix: .png, .pdf or .svg")
     dirs, notes = expand_run_dirs(run_dirs)
     for note in notes:
         errors.print(f"not plotted: {note}", highlight=False, markup=False)
-    result = aggregate(read_runs(dirs), [x, y] if x != y else [x])
-    path = write_plot(draw_tradeoff(result.groups, x, y, names), output)
+    if groups is not None:
+        path = write_plot(draw_group_bars(group_runs(read_runs(dirs)), groups, names), output)
+    else:
+        result = aggregate(read_runs(dirs), [x, y] if x != y else [x])
+        path = write_plot(draw_tradeoff(result.groups, x, y, names), output)
     console.print(f"wrote {path}")
 
 

@@ -1,7 +1,9 @@
 """``fair plot``: the trade-off between two metrics, one point per group of seeds (the mean, with
-error bars of one std), the Pareto front highlighted. Which direction is better comes from each
-metric's registered :attr:`fair_core.metrics.Metric.higher_is_better`. Needs matplotlib (the
-``plots`` extra); the figure is written atomically, its format from the file's suffix."""
+error bars of one std), the Pareto front highlighted; or (``--groups METRIC``) a per-group metric
+as bars, one cluster per group of seeds and one bar per protected group. Which direction is better
+comes from each metric's registered :attr:`fair_core.metrics.Metric.higher_is_better`. Needs
+matplotlib (the ``plots`` extra); the figure is written atomically, its format from the file's
+suffix."""
 
 from __future__ import annotations
 
@@ -42,13 +44,7 @@ def pareto_front(points: Sequence[tuple[float, float]], x_higher: bool, y_higher
 def draw_tradeoff(groups: Sequence[Group], x: str, y: str, names: str = "fair") -> Any:
     """The figure (matplotlib) of ``groups``' means of ``x`` and ``y``; the points are the first
     line of each errorbar container, labelled with the group (``gid`` = the label)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise FairError("fair plot needs matplotlib: pip install 'fair-core[plots]'") from None
+    plt = _pyplot()
     x_up, y_up = higher_is_better(x), higher_is_better(y)
     shown = []
     for g in groups:
@@ -85,6 +81,81 @@ def draw_tradeoff(groups: Sequence[Group], x: str, y: str, names: str = "fair") 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def per_group_values(group: Group, metric: str) -> dict[str, list[float]]:
+    """Protected group name -> the per-group ``metric`` of each run of ``group`` (metrics.json's
+    ``groups`` section), in the runs' group order."""
+    values: dict[str, list[float]] = {}
+    for run in group.runs:
+        for row in run.metrics.get("groups", []):
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(str(row.get("group")), []).append(float(value))
+    return values
+
+
+def draw_group_bars(groups: Sequence[Group], metric: str = "accuracy", names: str = "fair") -> Any:
+    """The figure (matplotlib) of each group's per-protected-group ``metric``: a cluster of bars per
+    group of seeds (the mean, error bar one std), one bar per protected group; each bar container
+    is labelled with its protected group and its bars' ``gid`` is the run group's label."""
+    import statistics
+
+    plt = _pyplot()
+    table = [(g, per_group_values(g, metric)) for g in groups]
+    protected = list(dict.fromkeys(name for _, values in table for name in values))
+    if not protected:
+        raise FairError(f"--groups: the runs have no per-group {metric!r} (metrics.json's groups section)")
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table) + 2.5), 5), layout="constrained")
+    width = 0.8 / len(protected)
+    for j, name in enumerate(protected):
+        means, stds = [], []
+        for _, values in table:
+            v = values.get(name, [])
+            means.append(statistics.mean(v) if v else math.nan)
+            stds.append(statistics.stdev(v) if len(v) > 1 else 0.0)
+        positions = [i + (j - (len(protected) - 1) / 2) * width for i in range(len(table))]
+        bars = ax.bar(positions, means, width, yerr=stds, capsize=3, label=name, zorder=3)
+        for bar, (g, _) in zip(bars, table, strict=True):
+            bar.set_gid(g.label)
+    ax.set_xticks(range(len(table)), [f"{_wrapped(g.label)}\n(n={len(g.runs)})" for g, _ in table], fontsize=8)
+    direction = "higher" if _direction(metric) else "lower"
+    ax.set_ylabel(f"{column_name(metric, names)} (mean ± std over seeds)")
+    ax.set_title(f"{column_name(metric, names)} of each protected group ({direction} is better)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3, zorder=0)
+    ax.legend(title="group", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return fig
+
+
+def _wrapped(label: str, width: int = 18, lines: int = 3) -> str:
+    """``label`` on at most ``lines`` lines of ``width`` characters (cut with an ellipsis)."""
+    import textwrap
+
+    parts = textwrap.wrap(label, width, break_on_hyphens=False) or [label]
+    if len(parts) > lines:
+        parts = [*parts[:lines - 1], parts[lines - 1][:width - 1] + "…"]
+    return "\n".join(parts)
+
+
+def _direction(metric: str) -> bool:
+    """Whether higher is better for a per-group metric (named as a registered metric when it is one,
+    else by its name: accuracies and rates of correct outcomes up, errors down)."""
+    from .plugins import get_registry
+
+    if metric in get_registry().names("metrics"):
+        return higher_is_better(metric)
+    return not any(word in metric for word in ("error", "fpr", "fnr", "loss"))
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FairError("fair plot needs matplotlib: pip install 'fair-core[plots]'") from None
+    return plt
 
 
 def _label_points(ax: Any, labels: Sequence[str], points: Sequence[tuple[float, float]]) -> None:
