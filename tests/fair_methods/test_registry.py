@@ -5,7 +5,7 @@ import pytest
 from conftest import ROOT
 from fair_core.plugins import get_registry
 from fair_core.runner import resolve, resolve_data
-from fair_core.spec import load_spec
+from fair_core.spec import load_spec, parse_spec
 
 METHODS = {"erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "zut", "mfd", "fdr", "fair_reprogram", "faap"}
 FACE_METHODS = {"margin", "mixfairface", "multibranch", "ddl"}  # fair-face's
@@ -35,3 +35,17 @@ def test_face_methods_are_registered_by_fair_face():
         entry = registry.get("methods", name)
         assert entry.package == "fair-face" and entry.obj.tasks == ("verification",)
         assert entry.obj.paper and entry.obj.description and entry.obj.__doc__
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "study").glob("*.yaml")), ids=lambda p: p.name)
+def test_study_sweeps_load_and_every_cell_is_a_valid_run(path):
+    from fair_core.sweep import load_sweep
+
+    sweep, cells = load_sweep(path)  # each cell checked as a run spec
+    methods = {cell.spec["method"]["name"] for cell in cells}
+    if path.name.endswith("_fr_patch.yaml"):
+        assert methods == {"fair_reprogram"} and {c.spec["method"]["params"]["trigger"] for c in cells} == {"patch"}
+    else:  # the study's 13 methods (and zut on the synthetic data), every one of them
+        assert methods >= METHODS - {"zut"}
+    for cell in cells:
+        resolve(parse_spec(cell.spec))
