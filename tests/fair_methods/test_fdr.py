@@ -216,11 +216,11 @@ def test_the_saved_model_predicts_as_the_run(fdr_run):
     (["train"], "method.params.extra_splits: 'train' is data.train_split"),
     (["test"], "method.params.extra_splits: 'test' is eval.split"),
 ])
-def test_extra_splits_are_checked_before_the_refit(fdr_run, tmp_path, splits, message):
-    out, _ = fdr_run
-    params = {**FDR_PARAMS, "base": str(out / "base"), "extra_splits": splits}
+def test_extra_splits_are_checked_when_the_spec_is_resolved(tmp_path, splits, message):
+    params = {**FDR_PARAMS, "extra_splits": splits}  # no base: stage 1 would train first
     with pytest.raises(FairError, match="^" + message):
         run(parse_spec(small_spec(tmp_path / "bad", data=DATA, method={"name": "fdr", "params": params})))
+    assert not (tmp_path / "bad").exists()  # refused before the folder, the data or stage 1
 
 
 def test_a_split_listed_twice_is_refused_by_the_params():

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .data import DataInfo, FairDataset, NoParams
 
 if TYPE_CHECKING:
-    from .runner import Trainer
+    from .runner import ResolvedRun, Trainer
     from .spec import TrainSpec
     from .tasks import Task
 
@@ -81,6 +81,12 @@ class Method:
     @classmethod
     def supports(cls, task: str) -> bool:
         return ANY_TASK in cls.tasks or task in cls.tasks
+
+    @classmethod
+    def check_run(cls, run: ResolvedRun) -> None:
+        """Refuse, with one :class:`~fair_core.errors.FairError` line naming the field, what the
+        method's params ask of the rest of the spec that cannot be (a split the dataset lacks, ...).
+        Called when a spec is resolved, before any data is read or any stage trains."""
 
     # ------------------------------------------------------------------ pre-processing
     def prepare_data(self, train_set: FairDataset, generator: torch.Generator) -> TrainingData:

@@ -146,8 +146,10 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     model = model_entry.obj(validate_params(model_entry.obj.Params, spec.model.params, "model.params"))
     method_params = validate_params(method_entry.obj.Params, spec.method.params, "method.params")
     packages = {**data.packages, "model": model_entry.package, "method": method_entry.package}
-    return ResolvedRun(spec, data.task, data.dataset, model, method_entry.obj, method_params, data.metrics, packages,
-                       data.eval_dataset)
+    resolved = ResolvedRun(spec, data.task, data.dataset, model, method_entry.obj, method_params, data.metrics, packages,
+                           data.eval_dataset)
+    method_entry.obj.check_run(resolved)
+    return resolved
 
 
 # --------------------------------------------------------------------------- helpers

@@ -254,15 +254,11 @@ class FDR(Method):
     def stage_train(self, train):
         return train.model_copy(update={"epochs": 0})  # no loop: the refit is post_train
 
-    def setup(self, model: nn.Module, trainer) -> None:
-        """Check the model and the extra splits before any work, and read those splits."""
-        network = trainer.accelerator.unwrap_model(model)
-        if not isinstance(network, Classifier) or not isinstance(network.head, nn.Linear):
-            raise FairError(f"method.name: fdr refits the linear head of a classifier; model.name "
-                            f"{trainer.spec.model.name} builds a {type(network).__name__}")
-        spec, builder = trainer.spec, trainer.run_spec.dataset
-        self.refit_sets = [self.train_set.with_transform(builder.eval_transform())]  # features of un-augmented images
-        for split in self.params.extra_splits:
+    @classmethod
+    def check_run(cls, run) -> None:
+        """The extra splits exist and are neither the training nor the evaluation split."""
+        spec, builder = run.spec, run.dataset
+        for split in run.method_params.extra_splits:
             if split not in builder.splits:
                 raise FairError(f"method.params.extra_splits: unknown split {split!r} for {builder.name}; available: "
                                 f"{', '.join(builder.splits)}")
@@ -271,6 +267,16 @@ class FDR(Method):
             if spec.eval.data is None and split == spec.eval.split:
                 raise FairError(f"method.params.extra_splits: {split!r} is eval.split; the last layer would be fitted "
                                 f"on the data it is evaluated on")
+
+    def setup(self, model: nn.Module, trainer) -> None:
+        """Check the model and the extra splits before any work, and read those splits."""
+        network = trainer.accelerator.unwrap_model(model)
+        if not isinstance(network, Classifier) or not isinstance(network.head, nn.Linear):
+            raise FairError(f"method.name: fdr refits the linear head of a classifier; model.name "
+                            f"{trainer.spec.model.name} builds a {type(network).__name__}")
+        spec, builder = trainer.spec, trainer.run_spec.dataset
+        self.refit_sets = [self.train_set.with_transform(builder.eval_transform())]  # features of un-augmented images
+        for split in self.params.extra_splits:  # names checked by check_run
             extra = builder.load(split, spec.data.target, spec.data.sensitive, train=False, task=trainer.run_spec.task)
             if (extra.info.class_names, extra.info.group_names) != (self.info.class_names, self.info.group_names):
                 raise FairError(f"method.params.extra_splits: the {split} split's classes or groups are not the "
