@@ -120,8 +120,8 @@ def draw_group_bars(groups: Sequence[Group], metric: str = "accuracy", names: st
             bar.set_gid(g.label)
     ax.set_xticks(range(len(table)), [f"{_wrapped(g.label)}\n(n={len(g.runs)})" for g, _ in table], fontsize=8)
     direction = "higher" if _direction(metric) else "lower"
-    ax.set_ylabel(f"{column_name(metric, names)} (mean ± std over seeds)")
-    ax.set_title(f"{column_name(metric, names)} of each protected group ({direction} is better)", fontsize=10)
+    ax.set_ylabel(f"{column_name(metric, names)} ({direction} is better; mean ± std over seeds)")
+    ax.set_title(f"{column_name(metric, names)} of each protected group", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3, zorder=0)
     ax.legend(title="group", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
