@@ -29,10 +29,11 @@ SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models
 
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
-    "methods": {n: "fair-methods" for n in ("erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "mfd", "fdr", "fr", "faap")}
+    "methods": {n: "fair-methods" for n in ("erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "mfd", "zut", "fdr",
+                                             "fair_reprogram", "faap")}
     | {n: "fair-face" for n in ("margin", "mixfairface", "multibranch", "ddl")},
     "datasets": {n: "fair-data" for n in ("synthetic", "celeba", "utkface", "cifar10s", "celebahq", "fairface", "hf",
-                                          "synthetic_faces", "synthetic_segmentation")}
+                                          "synthetic_faces", "synthetic_segmentation", "ade20k", "image_folder", "concat")}
     | {"rfw": "fair-face", "face_zip": "fair-face"},
     "models": {n: "fair-face" for n in ("small_embedding_cnn", "iresnet18", "iresnet34", "iresnet50", "iresnet100")},
     "metrics": {n: "fair-face" for n in ("tpr_at_fpr", "tpr_gap", "worst_group_tpr", "fpr_ratio", "group_tpr", "group_fpr")},

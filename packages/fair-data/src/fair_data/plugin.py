@@ -6,8 +6,10 @@ from .ade20k import ADE20K
 from .celeba import CelebA
 from .celebahq import CelebAHQ
 from .cifar10s import CIFAR10S
+from .concat import Concat
 from .fairface import FairFace
 from .huggingface import HuggingFace
+from .image_folder import ImageFolder
 from .synthetic import Synthetic
 from .synthetic_faces import SyntheticFaces
 from .synthetic_segmentation import SyntheticSegmentation
@@ -26,3 +28,5 @@ def fair_register_datasets(register):
     register("cifar10s", CIFAR10S)
     register("hf", HuggingFace)
     register("ade20k", ADE20K)
+    register("image_folder", ImageFolder)
+    register("concat", Concat)
