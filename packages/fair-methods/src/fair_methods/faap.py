@@ -45,8 +45,9 @@ it is prepared (wrapped in DDP) on its own, and every generator parameter gets a
 step, so ``ddp_find_unused_parameters`` stays False.
 
 On the synthetic biased dataset (``examples/faap.json``, 5 epochs; the base is
-``examples/quickstart.json`` at 8 epochs, train = data seeds 0/1/2; leakage: the within-class
-held-out accuracy of a fresh adversary on the class scores, :mod:`fair_core.leakage`, floor 0.5):
+the short recipe (8 epochs at a constant lr, ``tests/fair_methods/short_recipe.json``), train =
+data seeds 0/1/2; leakage: the within-class held-out accuracy of a fresh adversary on the class
+scores, :mod:`fair_core.leakage`, floor 0.5):
 
     ==========  ================  ================  ================  ================
     run         accuracy          worst group       EOD               leakage

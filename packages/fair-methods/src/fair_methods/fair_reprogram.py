@@ -49,8 +49,9 @@ distributed run never runs a backward pass through DDP; with fp16 the losses are
 GradScaler's factor and each optimiser gets its gradients in the units it unscales.
 
 On the synthetic biased dataset (``examples/fair_reprogram.json``: the base is
-``examples/quickstart.json`` at 8 epochs, train = data seeds 0/1/2; leakage: the within-class
-held-out accuracy of a fresh adversary on the class scores, :mod:`fair_core.leakage`, floor 0.5):
+the short recipe (8 epochs at a constant lr, ``tests/fair_methods/short_recipe.json``), train =
+data seeds 0/1/2; leakage: the within-class held-out accuracy of a fresh adversary on the class
+scores, :mod:`fair_core.leakage`, floor 0.5):
 
     =========================  ================  ================  ================  ================
     run                        accuracy          worst group       EOD               leakage

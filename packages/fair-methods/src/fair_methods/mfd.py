@@ -34,8 +34,9 @@ The study (ISSTA 2024) ran the MFD code with a ResNet-18 teacher and student, Ad
 batch 128, 50 epochs at 176 px on CelebA (``lambda_f = 7``), 100 epochs on UTKFace (176 px) and
 CIFAR-10S (32 px) (``lambda_f = 3``), ``lambda_h = 0``, RBF kernel, label-wise batches.
 
-On the synthetic biased dataset (``examples/mfd.json``; the teacher is ``examples/quickstart.json``
-at 8 epochs and the student trains as long; train = data seeds 0/1/2; leakage: the within-class
+On the synthetic biased dataset (``examples/mfd.json``; the teacher is the short recipe
+(``tests/fair_methods/short_recipe.json``, 8 epochs at a constant lr) and the student trains as
+long; train = data seeds 0/1/2; leakage: the within-class
 held-out accuracy of a fresh adversary, :mod:`fair_core.leakage`, floor 0.5):
 
     ===================  ================  ================  ================  ================
