@@ -70,6 +70,7 @@ class Method:
     ddp_find_unused_parameters: ClassVar[bool] = False  # True when a step leaves some parameters unused
     tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks it supports; ("*",): any
     two_stage: ClassVar[bool] = False  # starts from a trained model (params.base; see fair_core.base_model)
+    uses_task_loss: ClassVar[bool] = True  # False when its loss is its own (then train.loss other than CE is refused)
 
     def __init__(self, params: BaseModel, info: DataInfo, task: Task | None = None):
         from .tasks import ClassificationTask

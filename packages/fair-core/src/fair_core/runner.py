@@ -39,6 +39,7 @@ from .data import DatasetBuilder, FairDataset
 from .errors import FairError
 from .evaluate import build_result, evaluate, make_accelerator
 from .hub import model_config, write_model_files
+from .losses import configure_task_loss
 from .method import Method, TrainingData
 from .metrics import Metric
 from .models import ModelBuilder
@@ -148,6 +149,10 @@ def resolve(spec: RunSpec, registry: Registry | None = None) -> ResolvedRun:
     packages = {**data.packages, "model": model_entry.package, "method": method_entry.package}
     resolved = ResolvedRun(spec, data.task, data.dataset, model, method_entry.obj, method_params, data.metrics, packages,
                            data.eval_dataset)
+    configure_task_loss(data.task, spec.train)  # train.loss: refused by a task it does not apply to
+    if spec.train.loss != "cross_entropy" and not method_entry.obj.uses_task_loss:
+        raise FairError(f"train.loss: {spec.train.loss} is not used by the method {spec.method.name}, which computes "
+                        "its own loss (the task's loss is used by erm, us, os, and by zut over those)")
     method_entry.obj.check_run(resolved)
     return resolved
 
@@ -414,6 +419,8 @@ class Trainer:
         self.epochs = self.train.epochs
         training: TrainingData = method.prepare_data(train_set, torch.Generator().manual_seed(spec.train.seed))
         backbone = run.model.build(info.num_classes)
+        if spec.model.init is not None:  # fine-tuning: the named model's weights, trainable
+            backbone.load_state_dict(load_base(spec.model.init, run, info, field="model.init").state_dict())
         if base_source is not None:
             method.use_base(load_base(base_source, run, info).to(accelerator.device), backbone)
         model = method.build_model(backbone)

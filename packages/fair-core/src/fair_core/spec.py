@@ -15,7 +15,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import FairError
 from .untrusted import check_nesting, quote, read_bounded
@@ -74,6 +83,10 @@ class DataSpec(_Section):
 class ModelSpec(_Section):
     name: Name = Field("small_cnn", description="registered model name")
     params: dict[str, Any] = Field(default_factory=dict, description="the model's own parameters")
+    init: Annotated[str, Field(max_length=4096)] | None = Field(
+        None, description="fine-tune: a finished run folder or Hub id (same model, params and classes) whose weights "
+        "start the training instead of the model's own initialisation",
+    )
 
 
 class MethodSpec(_Section):
@@ -105,6 +118,29 @@ class TrainSpec(_Section):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds python, numpy and torch (numpy takes 32 bits)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     log_every: int = Field(20, ge=1, description="log the training loss every N steps")
+    loss: Literal["cross_entropy", "focal"] = Field(
+        "cross_entropy", description="the task's default loss (what erm trains with): cross_entropy, the task's own; "
+        "focal (classification only): -focal_alpha (1 - p_t)^focal_gamma log p_t over the softmax (Lin et al., "
+        "ICCV 2017; fair_core.losses.focal_loss). Methods computing their own cross-entropy keep it",
+    )
+    focal_alpha: float = Field(0.25, gt=0, le=1, description="loss focal: the constant factor alpha (Lin et al.: "
+                               "0.25; VLBC: 0.25); not used (nor recorded) with cross_entropy")
+    focal_gamma: float = Field(2.0, ge=0, description="loss focal: the focusing parameter gamma (Lin et al.: 2; "
+                               "VLBC: 3; 0 with alpha 1 is the cross-entropy); not used (nor recorded) with cross_entropy")
+
+    @model_serializer(mode="wrap")
+    def _loss_fields_when_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec that keeps the default loss dumps exactly as before these fields existed: its
+        # hash (run.json, sweeps, a two-stage method's base), a checkpoint's spec (--resume) and
+        # metrics.json are unchanged. With cross_entropy the focal fields change nothing trained.
+        data = handler(self)
+        if self.loss == "cross_entropy" and isinstance(data, dict):
+            for key in _LOSS_FIELDS:
+                data.pop(key, None)
+        return data
+
+
+_LOSS_FIELDS = ("loss", "focal_alpha", "focal_gamma")
 
 
 class EvalDataSpec(_Section):

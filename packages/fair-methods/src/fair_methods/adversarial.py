@@ -65,6 +65,7 @@ class Adversarial(Method):
 
     Params = AdvParams
     stage = "in-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "class + domain heads, confusion loss, alternating epochs"
     paper = "Alvi et al., Turning a Blind Eye, ECCV Workshops 2018"
     ddp_find_unused_parameters = True  # domain epochs leave the encoder unused

@@ -63,6 +63,7 @@ class BiasContrastive(Method):
 
     Params = BCBBParams
     stage = "in-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "bias-contrastive (cross-bias positives) + bias-balanced cross-entropy"
     paper = "Hong & Yang, Unbiased Classification Through Bias-Contrastive and Bias-Balanced Learning, NeurIPS 2021"
 

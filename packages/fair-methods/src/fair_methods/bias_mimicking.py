@@ -90,6 +90,7 @@ class BiasMimicking(Method):
 
     Params = BMParams
     stage = "pre-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "per-class binary heads with bias-mimicking masks (LP), per-epoch final linear head"
     paper = "Qraitem, Saenko & Plummer, Bias Mimicking, CVPR 2023"
     ddp_find_unused_parameters = True  # the final head is trained outside the main step

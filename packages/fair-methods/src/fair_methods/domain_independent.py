@@ -37,6 +37,7 @@ class DomainIndependent(Method):
     """One classifier block per protected group; inference sums their log-probabilities."""
 
     stage = "in-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "domain-independent heads (C x B logits), sum of log-softmax at inference"
     paper = "Wang et al., Towards Fairness in Visual Recognition, CVPR 2020"
 

@@ -211,6 +211,7 @@ class FAAP(Method):
 
     Params = FAAPParams
     stage = "post-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     two_stage = True
     description = "generator of bounded input perturbations vs a feature discriminator, deployed model frozen"
     paper = "Wang et al., Fairness-aware Adversarial Perturbation Towards Bias Mitigation for Deployed Deep Models, CVPR 2022"

@@ -241,6 +241,7 @@ class FairReprogram(Method):
 
     Params = FairReprogramParams
     stage = "post-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     two_stage = True
     description = "input trigger (border or patch) learned on the frozen predictor against an output adversary"
     paper = "Zhang et al., Fairness Reprogramming, NeurIPS 2022"

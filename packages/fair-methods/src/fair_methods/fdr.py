@@ -243,6 +243,7 @@ class FDR(Method):
 
     Params = FDRParams
     stage = "post-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     two_stage = True
     description = "new last layer fitted full-batch on frozen features of a balanced set, + eo / ae / mmf constraint"
     paper = "Mao et al., Last-Layer Fairness Fine-tuning is Simple and Effective for Neural Networks, arXiv 2304.03935"

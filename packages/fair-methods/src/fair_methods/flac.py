@@ -85,6 +85,7 @@ class FLAC(Method):
 
     Params = FLACParams
     stage = "in-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "Jeffreys divergence between bias-network and model pair similarities"
     paper = "Sarridis et al., FLAC, IEEE TPAMI 2024"
 

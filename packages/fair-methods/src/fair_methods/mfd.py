@@ -182,6 +182,7 @@ class MFD(Method):
 
     Params = MFDParams
     stage = "in-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     two_stage = True
     description = "teacher-student distillation with per-(class, group) MMD on feature maps, label-wise batches"
     paper = "Jung et al., Fair Feature Distillation for Visual Recognition, CVPR 2021"

@@ -60,6 +60,7 @@ class Upweighting(Method):
     """Weight each sample's loss by the inverse frequency of its (target, group) cell."""
 
     stage = "pre-processing"
+    uses_task_loss = False  # its own loss (train.loss other than cross_entropy is refused)
     description = "weight the loss by N / n_g of each sample's (target, group) cell"
     paper = "Chen et al., ISSTA 2024 (arXiv 2401.03695), baseline UW"
 

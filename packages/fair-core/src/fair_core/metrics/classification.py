@@ -22,6 +22,20 @@ Naming: ``deo`` is the *equal-opportunity* difference ``diff(TPR)`` and ``eod`` 
 *equalized-odds* difference ``max(diff(TPR), diff(FPR))`` (fairlearn's
 ``equalized_odds_difference``). The ISSTA 2024 study swaps these two names ("DEO" there is the
 equalized-odds difference).
+
+The metrics of VLBC (D'Inca et al., "Improving Fairness using Vision-Language Driven Image
+Augmentation", WACV 2024; their ``utils/trainer.py``) map to these, all for a target ``y`` and a
+protected attribute ``p`` (the group ``g``):
+
+* their accuracy is :func:`accuracy`; their F1 is :func:`macro_f1` (``macro_f1``);
+* ``acc_diff = Acc(p=1) - Acc(p=0)`` is :func:`signed_accuracy_difference`
+  (``signed_accuracy_difference``; signed, two groups only; its absolute value is ``accuracy_gap``);
+* ``EOpp[p, y]``, the accuracy of the ``(p, y)`` cell, is :func:`cell_accuracy`;
+* their "DEO", ``mean_y (max_p EOpp[p, y] - min_p EOpp[p, y])`` over *every* class (class 0 of a
+  binary target too), is :func:`mean_class_accuracy_spread` (``mean_class_accuracy_spread``). It is
+  not this module's ``deo`` (the positive class's TPR gap only): for a binary target it is the mean
+  of the TPR gap and the TNR (= 1 - FPR) gap, i.e. ``aaod``, when both classes are defined in two
+  groups. Their ``max_eopp`` (the max over classes instead of the mean) is not registered.
 """
 
 from __future__ import annotations
@@ -46,6 +60,10 @@ __all__ = [
     "accuracy_gap",
     "worst_group_accuracy",
     "worst_cell_accuracy",
+    "cell_accuracy",
+    "macro_f1",
+    "signed_accuracy_difference",
+    "mean_class_accuracy_spread",
     "statistical_parity_difference",
     "equal_opportunity_difference",
     "equalized_odds_difference",
@@ -178,11 +196,62 @@ def worst_group_accuracy(counts: Tensor) -> Tensor:
     return _nanmin(group_accuracy(counts))
 
 
+def cell_accuracy(counts: Tensor) -> Tensor:
+    """Accuracy of each (group, target) cell, ``P(yhat = y | y, g)``, shaped ``(..., G, C)``; nan for
+    an empty cell. VLBC's ``EOpp[p, y]`` (D'Inca et al., WACV 2024). For a class ``c`` it is the
+    one-vs-rest ``TPR_{c,g}`` of every group (:func:`group_true_positive_rate` gives it as
+    ``(..., C, G)`` for a multi-class target, and for the positive class only for a binary one)."""
+    return _ratio(torch.diagonal(counts, dim1=-2, dim2=-1), counts.sum(-1))
+
+
 def worst_cell_accuracy(counts: Tensor) -> Tensor:
     """``min_{g, y} P(yhat = y | y, g)`` over non-empty (target, group) cells (the
     "worst-group accuracy" of the group-robustness literature, groups being (y, g) cells)."""
-    recall = _ratio(torch.diagonal(counts, dim1=-2, dim2=-1), counts.sum(-1))
-    return _nanmin(recall.flatten(-2))
+    return _nanmin(cell_accuracy(counts).flatten(-2))
+
+
+def macro_f1(counts: Tensor) -> Tensor:
+    """Macro-F1 over all samples (groups pooled): the unweighted mean over classes of
+    ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, VLBC's F1 score (D'Inca et al., WACV 2024).
+
+    Equals scikit-learn's ``f1_score(y, yhat, average="macro", zero_division=0)``: a class that is
+    a target or a prediction of some sample counts (F1 0 when it has no true positive, e.g. a class
+    never predicted); a class that is neither (no support, no prediction) is left out of the mean,
+    as scikit-learn leaves out the labels absent from both ``y`` and ``yhat`` (passing
+    ``labels=range(C)`` to scikit-learn would count it as 0 instead). nan when there is no sample.
+    VLBC calls it with ``zero_division=1``, which gives the same values here: that setting only
+    changes a class whose F1 denominator is 0, which is never one of the classes averaged."""
+    pooled = counts.sum(-3).double()  # (..., C, C)
+    hits = torch.diagonal(pooled, dim1=-2, dim2=-1)
+    support, predicted = pooled.sum(-1), pooled.sum(-2)
+    per_class = _ratio(2 * hits, support + predicted)  # 2TP + FP + FN = support + predicted
+    return per_class.nanmean(-1)
+
+
+def signed_accuracy_difference(counts: Tensor) -> Tensor:
+    """``acc_{g=1} - acc_{g=0}``: VLBC's ``acc_diff`` (D'Inca et al., WACV 2024), the accuracy of
+    the protected group 1 minus that of group 0, *signed* (negative when group 1 is worse). Defined
+    for exactly two groups (a binary protected attribute); nan for any other number of groups and
+    when either group is empty. Its absolute value is :func:`accuracy_gap`. Registered as lower is
+    better only because a metric's direction is one bool: 0 is parity, and a negative value is as
+    unfair as its absolute value (``fair plot``'s Pareto front would read it as better)."""
+    per_group = group_accuracy(counts)
+    if per_group.shape[-1] != 2:
+        return torch.full(per_group.shape[:-1], float("nan"), dtype=per_group.dtype, device=per_group.device)
+    return per_group[..., 1] - per_group[..., 0]
+
+
+def mean_class_accuracy_spread(counts: Tensor) -> Tensor:
+    """``mean_y (max_g EOpp[g, y] - min_g EOpp[g, y])`` with ``EOpp`` = :func:`cell_accuracy`: the
+    spread over groups of each class's accuracy, averaged over *all* classes (unweighted; both
+    classes of a binary target). This is VLBC's "DEO" (D'Inca et al., WACV 2024, ``mean_eopp``),
+    not this module's ``deo`` (the TPR gap of the positive class only). A class is skipped when
+    fewer than two groups have samples of it (its spread is then undefined; VLBC's code would
+    return nan); nan when no class has two."""
+    per_class = cell_accuracy(counts).transpose(-1, -2)  # (..., C, G)
+    enough = (~per_class.isnan()).sum(-1) >= 2
+    spread = torch.where(enough, _spread(per_class), torch.full_like(per_class[..., 0], float("nan")))
+    return spread.nanmean(-1)
 
 
 def statistical_parity_difference(counts: Tensor) -> Tensor:
@@ -267,6 +336,12 @@ BUILTIN_METRICS: tuple[Metric, ...] = (
     Metric("deo", equal_opportunity_difference, "fairness", False, "equal-opportunity difference (TPR gap)"),
     Metric("eod", equalized_odds_difference, "fairness", False, "equalized-odds difference"),
     Metric("aaod", average_absolute_odds_difference, "fairness", False, "average absolute odds difference"),
+    # VLBC's (D'Inca et al., WACV 2024) metrics: F1, acc_diff and their "DEO" (not `deo` above)
+    Metric("macro_f1", macro_f1, "overall", True, "mean F1 over classes (scikit-learn's macro F1)"),
+    Metric("signed_accuracy_difference", signed_accuracy_difference, "fairness", False,
+           "accuracy of group 1 minus group 0 (signed: 0 is parity; two groups only)"),
+    Metric("mean_class_accuracy_spread", mean_class_accuracy_spread, "fairness", False,
+           "mean over all classes of the max - min accuracy over groups (VLBC's DEO)"),
 )
 
 

@@ -1,12 +1,13 @@
-"""Image classification: batches ``{image, target, group, index}``, cross-entropy on the logits,
-evaluation from the group confusion counts ``counts[g, y, p]`` (:mod:`fair_core.metrics.classification`),
-``predictions.csv`` per sample, bootstrap confidence intervals."""
+"""Image classification: batches ``{image, target, group, index}``, cross-entropy on the logits (or
+the focal loss: ``train.loss``, :mod:`fair_core.losses`), evaluation from the group confusion counts
+``counts[g, y, p]`` (:mod:`fair_core.metrics.classification`), ``predictions.csv`` per sample,
+bootstrap confidence intervals."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,13 @@ from torch import Tensor, nn
 
 from ..data import DataInfo, FairDataset
 from ..hub import FairModel
+from ..losses import focal_loss
 from ..metrics import FairnessMetrics, Metric
 from ..report import summarize, write_predictions
 from .base import Evaluation, Task, metrics_markdown, metrics_table, rows_markdown, rows_table
+
+if TYPE_CHECKING:
+    from ..spec import TrainSpec
 
 
 class ClassifierModel(FairModel, pipeline_tag="image-classification", tags=["fairness", "image-classification"]):
@@ -72,8 +77,18 @@ class ClassificationTask(Task):
     model_noun = "image classifier"
     model_class = ClassifierModel
 
+    focal: tuple[float, float] | None = None  # (alpha, gamma) of the focal loss; None: cross-entropy
+
+    def configure_loss(self, train: TrainSpec) -> None:
+        """Train with the loss of ``train.loss`` (:func:`fair_core.losses.configure_task_loss`)."""
+        self.focal = (train.focal_alpha, train.focal_gamma) if train.loss == "focal" else None
+
     def loss(self, outputs: Tensor, batch: dict[str, Tensor], info: DataInfo) -> Tensor:
-        """Cross-entropy of the logits on the targets."""
+        """Cross-entropy of the logits on the targets, or the focal loss when the spec's
+        ``train.loss`` is ``focal`` (:func:`fair_core.losses.focal_loss`)."""
+        if self.focal is not None:
+            alpha, gamma = self.focal
+            return focal_loss(outputs, batch["target"], alpha, gamma)
         return F.cross_entropy(outputs, batch["target"])
 
     def evaluation(self, dataset: FairDataset) -> ClassificationEvaluation:
