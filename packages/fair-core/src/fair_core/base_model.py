@@ -79,42 +79,42 @@ def train_stage_one(spec: RunSpec, resume: bool, overwrite: bool) -> Path:
     return folder
 
 
-def load_base(source: str | Path, run: ResolvedRun, info: DataInfo) -> nn.Module:
+def load_base(source: str | Path, run: ResolvedRun, info: DataInfo, field: str = BASE_FIELD) -> nn.Module:
     """The base model ``source`` names, as the spec's model built for ``info``'s classes with the
-    base's weights, frozen (no gradients) and in eval mode; a :class:`FairError` naming
-    ``method.params.base`` when it cannot be that."""
+    base's weights, frozen (no gradients) and in eval mode; a :class:`FairError` naming ``field``
+    (``method.params.base``, or ``model.init`` for fine-tuning) when it cannot be that."""
     from .hub import FairModel
 
     try:
         loaded = FairModel.from_pretrained(source)
     except FairError as exc:
-        raise FairError(f"{BASE_FIELD}: cannot load {source}: {exc}") from None
+        raise FairError(f"{field}: cannot load {source}: {exc}") from None
     spec = run.spec
     if loaded.task != run.task.name:
-        raise FairError(f"{BASE_FIELD}: {source} is a {loaded.task} model; this run's task is {run.task.name}")
+        raise FairError(f"{field}: {source} is a {loaded.task} model; this run's task is {run.task.name}")
     if tuple(loaded.class_names) != tuple(info.class_names):
-        raise FairError(f"{BASE_FIELD}: the classes of {source} ({', '.join(loaded.class_names[:5])}) are not the "
+        raise FairError(f"{field}: the classes of {source} ({', '.join(loaded.class_names[:5])}) are not the "
                         f"training data's ({', '.join(info.class_names[:5])})")
     if loaded.preprocessing.image_size != info.preprocessing.image_size:
-        raise FairError(f"{BASE_FIELD}: {source} takes {loaded.preprocessing.image_size} px images; the training data "
+        raise FairError(f"{field}: {source} takes {loaded.preprocessing.image_size} px images; the training data "
                         f"has {info.preprocessing.image_size} px")
     config = loaded.fair_config
     if config["model"]["name"] != spec.model.name:
-        raise FairError(f"{BASE_FIELD}: {source} is a {config['model']['name']} model; the spec's model.name is "
-                        f"{spec.model.name} (a two-stage method keeps the base's architecture)")
+        raise FairError(f"{field}: {source} is a {config['model']['name']} model; the spec's model.name is "
+                        f"{spec.model.name} (the model keeps its architecture)")
     def architecture(params: BaseModel) -> dict:  # the model's params but where its weights come from
         return {k: v for k, v in params.model_dump(mode="json").items() if k != "pretrained"}
 
     base_params = architecture(validate_params(run.model.Params, config["model"]["params"], "model.params"))
     spec_params = architecture(run.model.params)
     if base_params != spec_params:
-        raise FairError(f"{BASE_FIELD}: {source} has the model.params {base_params}; the spec's are {spec_params} "
-                        f"(a two-stage method keeps the base's architecture)")
+        raise FairError(f"{field}: {source} has the model.params {base_params}; the spec's are {spec_params} "
+                        f"(the model keeps its architecture)")
     model = run.model.build(info.num_classes)
     try:
         model.load_state_dict(loaded.network.state_dict())
     except RuntimeError:  # missing, unexpected or differently shaped tensors
-        raise FairError(f"{BASE_FIELD}: {source} was trained with the method {config['method']['name']}, whose model "
+        raise FairError(f"{field}: {source} was trained with the method {config['method']['name']}, whose model "
                         f"is not a plain {spec.model.name} with these model.params; start from a model trained "
                         f"with erm (or us, os, uw)") from None
     model.requires_grad_(False)
