@@ -1,0 +1,1 @@
+"""VLBC (WACV 2024): its DiffAE generator."""
