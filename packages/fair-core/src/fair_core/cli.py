@@ -84,6 +84,44 @@ def run(
         console.print(f"outputs in {spec.output_dir}")
 
 
+@app.command()
+def augment(
+    spec_file: Annotated[Path, typer.Argument(help="JSON or YAML augmentation spec (fair augment-schema)")],
+    set_: Annotated[list[str], typer.Option("--set", help="override a field, e.g. --set batch_size=32")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="start over in the output folder")] = False,
+) -> None:
+    """Balance a training set with attribute-edited synthetic images (VLBC); a rerun continues."""
+    from .augment import augment as run_augment
+    from .augment import load_augment_spec
+
+    spec = load_augment_spec(spec_file, set_)
+    manifest = run_augment(spec, overwrite=overwrite)
+    added = ", ".join(f"{name} {n}" for name, n in manifest["added"].items())
+    console.print(f"added {added} edited images ({manifest['rejected']} edits rejected) in {spec.output_dir}; "
+                  f"train on them with the dataset in {Path(spec.output_dir) / 'dataset.json'}")
+
+
+@app.command("augment-schema")
+def augment_schema() -> None:
+    """Print the JSON Schema of augmentation specs."""
+    from .augment import AugmentSpec
+
+    print(json.dumps(AugmentSpec.model_json_schema(), indent=2))
+
+
+@app.command("convert-weights")
+def convert_weights(
+    generator: Annotated[str, typer.Argument(help="registered generator name (fair list)")],
+    checkpoint: Annotated[Path, typer.Argument(help="the original checkpoint file")],
+    output_dir: Annotated[Path, typer.Argument(help="folder to write model.safetensors and config.json to")],
+) -> None:
+    """Convert a generator's original checkpoint to safetensors, once (read with weights_only)."""
+    from .plugins import get_registry
+
+    get_registry().get("generators", generator, "generator").obj.convert_weights(checkpoint, output_dir)
+    console.print(f"wrote {output_dir}")
+
+
 class ProcessesFailed(Exception):
     """The processes of a multi-process run failed (they reported why themselves)."""
 

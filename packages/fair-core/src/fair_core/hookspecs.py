@@ -52,3 +52,21 @@ def fair_register_model_sources(register):
     """Register model sources of ``fair evaluate``: ``register("timm", TimmSource)`` with a
     :class:`fair_core.sources.ModelSource` subclass, whose prefix is the registered name
     (``fair evaluate timm:resnet18 spec.json``)."""
+
+
+@hookspec
+def fair_register_generators(register):
+    """Register image generators of `fair augment`: ``register("diffae", DiffAEGenerator)`` with a
+    :class:`fair_core.augment.Generator` subclass."""
+
+
+@hookspec
+def fair_register_labellers(register):
+    """Register labellers of `fair augment`: ``register("classifiers", Classifiers)`` with a
+    :class:`fair_core.augment.Labeller` subclass."""
+
+
+@hookspec
+def fair_register_editors(register):
+    """Register latent editors of `fair augment`: ``register("contraclip", ContraCLIP)`` with a
+    :class:`fair_core.augment.Editor` subclass."""

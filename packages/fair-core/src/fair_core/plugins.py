@@ -23,9 +23,11 @@ from .errors import FairError
 
 ENTRY_POINT_GROUP = "fair"
 ENV_PLUGINS = "FAIR_PLUGINS"
-KINDS = ("tasks", "methods", "datasets", "models", "metrics", "commands", "sources")
+KINDS = ("tasks", "methods", "datasets", "models", "metrics", "commands", "sources", "generators", "labellers",
+         "editors")
 SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models": "model", "metrics": "metric",
-            "commands": "command", "sources": "model source"}
+            "commands": "command", "sources": "model source", "generators": "generator", "labellers": "labeller",
+            "editors": "editor"}
 
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
@@ -40,6 +42,9 @@ KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "tasks": {},
     "commands": {"face": "fair-face"},
     "sources": {},  # fair-core's own (fair, timm, hf, onnx) are always registered; their libraries are extras
+    "generators": {"diffae": "fair-methods", "synthetic": "fair-data"},
+    "labellers": {"classifiers": "fair-methods"},
+    "editors": {"contraclip": "fair-methods"},
 }
 # The project's own distributions: the only names an error ever tells the user to `pip install`
 # (a model's config.json names a package too, but whoever wrote the file chose that name).
@@ -130,6 +135,9 @@ def _collect(pm: pluggy.PluginManager, provider: dict[object, tuple[str, str]], 
         "metrics": pm.hook.fair_register_metrics,
         "commands": pm.hook.fair_register_commands,
         "sources": pm.hook.fair_register_model_sources,
+        "generators": pm.hook.fair_register_generators,
+        "labellers": pm.hook.fair_register_labellers,
+        "editors": pm.hook.fair_register_editors,
     }
     for kind, hook in hooks.items():
         for impl in reversed(hook.get_hookimpls()):  # registration order

@@ -30,3 +30,10 @@ def fair_register_datasets(register):
     register("ade20k", ADE20K)
     register("image_folder", ImageFolder)
     register("concat", Concat)
+
+
+@hookimpl
+def fair_register_generators(register):
+    from .synthetic_generator import SyntheticGenerator
+
+    register("synthetic", SyntheticGenerator)

@@ -51,10 +51,17 @@ def shape_masks(shape: Tensor, size: int, generator: torch.Generator, radius: tu
     """Boolean masks ``(N, H, W)`` of each sample's shape (codes into ``SHAPES``) at a random
     position, with a random radius of ``size * (radius[0] + radius[1] * U(0, 1))``."""
     n = shape.numel()
-    radius = size * (radius[0] + radius[1] * torch.rand(n, generator=generator))
+    placement = torch.rand(n, generator=generator), torch.rand(n, generator=generator), torch.rand(n, generator=generator)
+    return masks_at(shape, size, torch.stack(placement, 1), radius)
+
+
+def masks_at(shape: Tensor, size: int, placement: Tensor, radius: tuple[float, float] = (0.22, 0.12)) -> Tensor:
+    """:func:`shape_masks` for given uniform draws ``placement`` ``(N, 3)``: radius, x, y."""
+    n = shape.numel()
+    radius = size * (radius[0] + radius[1] * placement[:, 0])
     margin = radius + 1
-    cx = margin + (size - 2 * margin) * torch.rand(n, generator=generator)
-    cy = margin + (size - 2 * margin) * torch.rand(n, generator=generator)
+    cx = margin + (size - 2 * margin) * placement[:, 1]
+    cy = margin + (size - 2 * margin) * placement[:, 2]
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     dx = (coords.view(1, 1, -1) - cx.view(-1, 1, 1)) / radius.view(-1, 1, 1)
     dy = (coords.view(1, -1, 1) - cy.view(-1, 1, 1)) / radius.view(-1, 1, 1)
@@ -73,27 +80,49 @@ def shape_masks(shape: Tensor, size: int, generator: torch.Generator, radius: tu
     return out
 
 
-def render(shape: Tensor, grayscale: Tensor, params: SyntheticParams, generator: torch.Generator) -> Tensor:
-    """Images ``(N, 3, S, S)`` in [0, 1] for the given shape codes and grayscale flags.
+APPEARANCE_DRAWS = 9  # per image, before the pixel noise: hue (3), luminance, contrast sign and size, placement (3)
+
+
+def draw_appearance(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """Everything random about ``n`` images but their shape and colourfulness, flattened to
+    ``(n, 9 + 3 * size * size)``: the draws of :func:`render`, in its order."""
+    u = torch.randn(n, 3, generator=generator)
+    scalars = [torch.rand(n, 1, generator=generator) for _ in range(3)]  # luminance, contrast sign, contrast size
+    placement = [torch.rand(n, 1, generator=generator) for _ in range(3)]  # radius, x, y
+    noise = torch.randn(n, 3 * size * size, generator=generator)
+    return torch.cat([u, *scalars, *placement, noise], 1)
+
+
+def render_appearance(shape: Tensor, colour: Tensor, draws: Tensor, params: SyntheticParams) -> Tensor:
+    """Images ``(N, 3, S, S)`` in [0, 1] of the given shape codes and appearance draws
+    (:func:`draw_appearance`); ``colour`` in [0, 1] blends grayscale (0) into colour (1).
 
     Background and shape colours are ``L + a * u`` and ``L + delta - a * u`` with ``u`` a random
     unit vector orthogonal to the luminance weights: opposite hues (an easy edge in colour), but a
     luminance difference of only ``delta`` (a faint edge once converted to grayscale)."""
     n, size = shape.numel(), params.image_size
-    u = torch.randn(n, 3, generator=generator)
+    u = draws[:, :3]
     u = u - (u @ LUMA).unsqueeze(1) * LUMA / (LUMA @ LUMA)
     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    luminance = 0.35 + 0.3 * torch.rand(n, 1, generator=generator)
+    luminance = 0.35 + 0.3 * draws[:, 3:4]
     lo, hi = params.luminance_contrast
-    sign = torch.where(torch.rand(n, 1, generator=generator) < 0.5, -1.0, 1.0)
-    delta = sign * (lo + (hi - lo) * torch.rand(n, 1, generator=generator))
+    sign = torch.where(draws[:, 4:5] < 0.5, -1.0, 1.0)
+    delta = sign * (lo + (hi - lo) * draws[:, 5:6])
     background = (luminance + params.chroma * u).clamp(0, 1)
     foreground = (luminance + delta - params.chroma * u).clamp(0, 1)
-    mask = shape_masks(shape, size, generator).unsqueeze(1)
+    mask = masks_at(shape, size, draws[:, 6:APPEARANCE_DRAWS]).unsqueeze(1)
     images = torch.where(mask, foreground.view(n, 3, 1, 1), background.view(n, 3, 1, 1))
-    images = images + params.noise * torch.randn(images.shape, generator=generator)
-    images = torch.where(grayscale.view(n, 1, 1, 1).bool(), to_grayscale(images), images)
+    images = images + params.noise * draws[:, APPEARANCE_DRAWS:].reshape(n, 3, size, size)
+    weight = colour.float().view(n, 1, 1, 1)
+    images = torch.lerp(to_grayscale(images), images, weight)  # exactly either end at weights 0 and 1
     return images.clamp(0, 1).contiguous()
+
+
+def render(shape: Tensor, grayscale: Tensor, params: SyntheticParams, generator: torch.Generator) -> Tensor:
+    """Images ``(N, 3, S, S)`` in [0, 1] for the given shape codes and grayscale flags
+    (:func:`render_appearance` of fresh draws)."""
+    draws = draw_appearance(shape.numel(), params.image_size, generator)
+    return render_appearance(shape, 1 - grayscale.float(), draws, params)
 
 
 class Synthetic(DatasetBuilder):

@@ -37,3 +37,24 @@ METHODS = {
 def fair_register_methods(register):
     for name, method in METHODS.items():
         register(name, method)
+
+
+@hookimpl
+def fair_register_generators(register):
+    from .vlbc.generator import DiffAEGenerator
+
+    register("diffae", DiffAEGenerator)
+
+
+@hookimpl
+def fair_register_labellers(register):
+    from .vlbc.labeller import Classifiers
+
+    register("classifiers", Classifiers)
+
+
+@hookimpl
+def fair_register_editors(register):
+    from .vlbc.contraclip import ContraCLIP
+
+    register("contraclip", ContraCLIP)
