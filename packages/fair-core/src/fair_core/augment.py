@@ -194,11 +194,12 @@ class Augmentation:
         registry = get_registry()
         self.spec = spec
         device = _device(spec.device)
-        stages = {}
+        chosen = {}  # names and params checked first, then built cheapest first (files before models)
         for kind, field in (("generators", "generator"), ("labellers", "labeller"), ("editors", "editor")):
             stage: StageSpec = getattr(spec, field)
             cls = registry.get(kind, stage.name, f"{field}.name").obj
-            stages[field] = cls(validate_params(cls.Params, stage.params, f"{field}.params"), device)
+            chosen[field] = cls, validate_params(cls.Params, stage.params, f"{field}.params")
+        stages = {field: chosen[field][0](chosen[field][1], device) for field in ("editor", "labeller", "generator")}
         self.generator: Generator = stages["generator"]
         self.labeller: Labeller = stages["labeller"]
         self.editor: Editor = stages["editor"]

@@ -1,0 +1,47 @@
+"""`fair augment` and `fair convert-weights` at the command line: bad input is one line, exit 2."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import FAIR, ROOT
+
+SPEC = json.loads((ROOT / "examples" / "vlbc" / "augment.json").read_text())
+
+
+def fair(*args, timeout=120):
+    return subprocess.run([*FAIR, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"mode": "x"}, "mode: "),
+    ({"batch_size": 0}, "batch_size: "),
+    ({"surprise": 1}, "surprise: "),
+    ({"generator": {"name": "nope"}}, "generator.name: unknown generator 'nope'; available: diffae, synthetic"),
+    ({"editor": {"name": "contraclip", "params": {"paths": "missing.safetensors", "edits": {}}}},
+     "editor.params.paths: no file missing.safetensors"),
+    ({}, "labeller.params.models.shape: runs/vlbc/shape_labeller: neither a folder nor a Hub repo id"),
+])
+def test_bad_augment_specs_are_one_line_and_exit_2(tmp_path, change, message):
+    path = tmp_path / "augment.json"
+    path.write_text(json.dumps({**SPEC, **change, "output_dir": str(tmp_path / "out")}))
+    done = fair("augment", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith(f"error: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_weights_of_a_missing_file_is_one_line(tmp_path):
+    done = fair("convert-weights", "diffae", str(tmp_path / "last.ckpt"), str(tmp_path / "out"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "last.ckpt" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_fair_list_shows_the_augmentation_stages():
+    done = fair("list")
+    assert done.returncode == 0
+    for kind, name in (("generator", "diffae"), ("generator", "synthetic"), ("labeller", "classifiers"),
+                       ("editor", "contraclip")):
+        assert any(kind in line and name in line for line in done.stdout.splitlines()), (kind, name)
