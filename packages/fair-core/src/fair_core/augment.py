@@ -57,16 +57,20 @@ BATCH_SEED_STRIDE = 1_000_003
 MAX_MANIFEST_BYTES = 256 * 2**20  # a manifest lists every image (~80 bytes each)
 
 
-class Generator(ABC):
-    """An image generator with an editable code: ``sample`` draws images with their codes and
-    noise, ``decode`` renders (possibly edited) codes with a given noise. Images are float
-    ``(N, 3, H, W)`` tensors in [0, 1]; ``sample`` with the same seed gives the same images."""
+class Stage:
+    """A stage plugin: built from its validated ``Params`` and the device it runs on."""
 
     Params: ClassVar[type[BaseModel]] = NoParams
     description: ClassVar[str] = ""
 
     def __init__(self, params: BaseModel, device: torch.device):
         self.params, self.device = params, device
+
+
+class Generator(Stage, ABC):
+    """An image generator with an editable code: ``sample`` draws images with their codes and
+    noise, ``decode`` renders (possibly edited) codes with a given noise. Images are float
+    ``(N, 3, H, W)`` tensors in [0, 1]; ``sample`` with the same seed gives the same images."""
 
     @abstractmethod
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,14 +90,8 @@ class Generator(ABC):
         raise FairError(f"generator {cls.__name__} has no weight converter")
 
 
-class Labeller(ABC):
+class Labeller(Stage, ABC):
     """Gives each image the value codes of some attributes (the class and the protected one)."""
-
-    Params: ClassVar[type[BaseModel]] = NoParams
-    description: ClassVar[str] = ""
-
-    def __init__(self, params: BaseModel, device: torch.device):
-        self.params, self.device = params, device
 
     @property
     @abstractmethod
@@ -105,14 +103,8 @@ class Labeller(ABC):
         """Integer codes ``(N,)`` per attribute."""
 
 
-class Editor(ABC):
+class Editor(Stage, ABC):
     """Moves generator codes so that an attribute of the decoded images becomes ``value``."""
-
-    Params: ClassVar[type[BaseModel]] = NoParams
-    description: ClassVar[str] = ""
-
-    def __init__(self, params: BaseModel, device: torch.device):
-        self.params, self.device = params, device
 
     @abstractmethod
     def edit(self, codes: Tensor, attribute: str, value: str, generator: torch.Generator) -> Tensor:
