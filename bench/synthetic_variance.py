@@ -1,9 +1,10 @@
 """Where ERM's spread on the synthetic biased dataset comes from (issue #17's first step).
 
 ERM (examples/quickstart.json's data and model) runs over 5 seeds in several settings, each
-changing one thing against the row before: which seed varies (the training seed: init, order, dropout; or the data
-generator's seed), the budget (epochs) and the schedule, and the size of the test split. Prints
-mean ± std of accuracy, worst-group accuracy and the accuracy gap per setting.
+changing one thing against the row before: which seed varies (the training seed: init, order,
+dropout; or the data generator's seed), the budget (epochs) and the schedule, the size of the
+test split, and the skew. Prints mean ± std of accuracy, worst-group accuracy and the accuracy
+gap per setting.
 
     python bench/synthetic_variance.py [--seeds 0 1 2 3 4]
 """
