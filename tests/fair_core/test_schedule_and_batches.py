@@ -504,3 +504,9 @@ def test_slide_segment_returns_masks_at_the_input_size(slide_run):
     model = from_pretrained(out)
     images = torch.rand(2, 3, 32, 40)
     assert model.segment(images).shape == (2, 32, 40)
+
+
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "multistep", "poly"])
+def test_a_stage_without_loop_training_keeps_the_lr(scheduler):
+    # fdr fits its last layer itself: its loop stage has 0 epochs (cosine divided by 0 before)
+    assert schedule_factor(TrainSpec(scheduler=scheduler), 0)(0) == 1.0

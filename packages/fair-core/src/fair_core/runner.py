@@ -256,7 +256,10 @@ def _flat_config(spec: RunSpec | dict[str, Any]) -> dict[str, Any]:
 def schedule_factor(train: TrainSpec, total: int):
     """The lr multiplier after ``t`` of ``total`` scheduler units (epochs, or steps with
     ``max_steps``): cosine to 0, multistep (``gamma`` at each milestone fraction), or poly
-    (mmseg's PolyLR: ``(1 - min) (1 - t/T)^power + min``, ``min = min_lr_factor``)."""
+    (mmseg's PolyLR: ``(1 - min) (1 - t/T)^power + min``, ``min = min_lr_factor``). A stage
+    with no loop training (``total`` 0: a post-processing method's own fit) gets a constant 1."""
+    if total <= 0:
+        return lambda t: 1.0
     if train.scheduler == "cosine":
         return lambda t: 0.5 * (1 + math.cos(math.pi * t / total))
     if train.scheduler == "multistep":
