@@ -35,7 +35,8 @@ EXAMPLES = ROOT / "examples" / "vlbc"
 def vlbc_arms(out: Path, seed: int, train_size: int, base_epochs: int, labellers: dict[str, str]) -> dict[str, dict]:
     """Baseline, fine-tuned on real only, fine-tuned on real + edited: their metrics."""
     size = f"data.params.train_size={train_size}"
-    base = run(load_spec(ROOT / "examples/quickstart.json", [size, f"train.seed={seed}", f"train.epochs={base_epochs}",
+    base_recipe = [f"train.seed={seed}", f"train.epochs={base_epochs}", "train.scheduler=none"]
+    base = run(load_spec(ROOT / "examples/quickstart.json", [size, *base_recipe,
                                                            "eval.bootstrap=0"], str(out / "base")))
     spec = load_augment_spec(EXAMPLES / "augment.json", [size, f"seed={seed}", f"output_dir={out / 'edited'}",
                                                         f"editor.params.paths={EXAMPLES / 'colour_path.safetensors'}",
@@ -67,8 +68,8 @@ def train_labellers(out: Path) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--base-epochs", type=int, default=12)
+    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--base-epochs", type=int, default=8)
     args = parser.parse_args()
     rows: dict[str, list[tuple[float, float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -160,21 +160,23 @@ def group_key(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Runs grouped by all their result fields but the seeds, labelled by the fields that differ
-    between the groups (the method shown first, by name alone)."""
+    """Runs grouped by all their result fields but the seeds, labelled by the method (or model)
+    and, where several groups share it, the fields that tell them apart (a method's own recipe,
+    e.g. us's epochs in a sweep of methods, is not shown: it does not tell two groups apart)."""
     by_key: dict[str, tuple[dict[str, Any], list[Run]]] = {}
     for run in runs:
         fields = group_key(run.metrics)
         key = json.dumps(fields, sort_keys=True, default=str)
         by_key.setdefault(key, (fields, []))[1].append(run)
-    all_fields = sorted({k for f, _ in by_key.values() for k in f})
-    varying = [k for k in all_fields
-               if len({json.dumps(f.get(k), sort_keys=True, default=str) for f, _ in by_key.values()}) > 1
-               and k not in {"@label", "method.name"}]
+    def varying(label: str) -> list[str]:  # the fields that tell apart the groups of one method
+        same = [f for f, _ in by_key.values() if f["@label"] == label]
+        names = sorted({k for f in same for k in f} - {"@label", "method.name"})
+        return [k for k in names if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in same}) > 1]
+
     groups = []
     for key, (fields, members) in by_key.items():
         label = str(fields["@label"])
-        extra = [f"{k}={json.dumps(fields.get(k), default=str)}" for k in varying]
+        extra = [f"{k}={json.dumps(fields.get(k), default=str)}" for k in varying(label)]
         groups.append(Group(label + (f" ({', '.join(extra)})" if extra else ""), key, fields, members))
     return groups
 
