@@ -181,3 +181,18 @@ def test_the_examples_are_valid_specs():
     assert load_augment_spec(EXAMPLES / "augment.json").mode == "-"
     for name in ("shape_labeller", "color_labeller", "finetune"):
         parse_spec(read_spec_file(EXAMPLES / f"{name}.json"))
+
+
+def test_the_vlbc_method_trains_with_the_focal_loss():
+    from fair_core.losses import focal_loss
+    from fair_core.runner import resolve
+
+    run_ = resolve(parse_spec({"method": {"name": "vlbc"}}))
+    method = run_.method_cls(run_.method_params, None, run_.task)
+    model = torch.nn.Linear(4, 2)
+    batch = {"image": torch.randn(8, 4), "target": torch.tensor([0, 1] * 4)}
+    logits = model(batch["image"])
+    p = torch.softmax(logits, 1)[torch.arange(8), batch["target"]]
+    by_hand = (-0.25 * (1 - p) ** 3 * torch.log(p)).mean()
+    assert torch.allclose(method.compute_loss(model, batch), by_hand, atol=1e-6)
+    assert torch.allclose(by_hand, focal_loss(logits, batch["target"], 0.25, 3.0), atol=1e-6)

@@ -32,7 +32,7 @@ SINGULAR = {"tasks": "task", "methods": "method", "datasets": "dataset", "models
 # Names the project's own packages provide, so a missing one can say what to install.
 KNOWN_PROVIDERS: dict[str, dict[str, str]] = {
     "methods": {n: "fair-methods" for n in ("erm", "us", "os", "uw", "bm", "adv", "di", "bcbb", "flac", "mfd", "zut", "fdr",
-                                             "fair_reprogram", "faap")}
+                                             "fair_reprogram", "faap", "vlbc")}
     | {n: "fair-face" for n in ("margin", "mixfairface", "multibranch", "ddl")},
     "datasets": {n: "fair-data" for n in ("synthetic", "celeba", "utkface", "cifar10s", "celebahq", "fairface", "hf",
                                           "synthetic_faces", "synthetic_segmentation", "ade20k", "image_folder", "concat")}

@@ -13,6 +13,7 @@ from .fdr import FDR
 from .flac import FLAC
 from .mfd import MFD
 from .resampling import Oversampling, Undersampling, Upweighting
+from .vlbc.finetune import VLBC
 from .zut import ZUT
 
 METHODS = {
@@ -30,6 +31,7 @@ METHODS = {
     "fdr": FDR,
     "fair_reprogram": FairReprogram,
     "faap": FAAP,
+    "vlbc": VLBC,
 }
 
 
