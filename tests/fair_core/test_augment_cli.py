@@ -45,3 +45,18 @@ def test_fair_list_shows_the_augmentation_stages():
     for kind, name in (("generator", "diffae"), ("generator", "synthetic"), ("labeller", "classifiers"),
                        ("editor", "contraclip")):
         assert any(kind in line and name in line for line in done.stdout.splitlines()), (kind, name)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_augmentation(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("not an augmentation")
+    path = tmp_path / "augment.json"
+    spec = {**SPEC, "output_dir": str(out), "generator": {"name": "synthetic"}}
+    path.write_text(json.dumps(spec))
+    from fair_core.augment import augment, load_augment_spec
+    from fair_core.errors import FairError
+
+    with pytest.raises(FairError, match="output_dir: .* holds no manifest.json"):
+        augment(load_augment_spec(path), overwrite=True, show_progress=False)
+    assert (out / "keep.txt").exists()

@@ -227,6 +227,8 @@ class Augmentation:
         manifest = self._load_manifest(output_dir)
         rows: list[dict[str, Any]] = manifest["rows"]
         added = [sum(1 for r in rows if r["class"] == c) for c in range(len(self.class_names))]
+        if progress is not None and rows:  # what a killed run had already written
+            progress(len(rows))
         needed = {c: n for c, _, _, n in self.plan}
         batch = manifest["batches"]
         while any(added[c] < needed[c] for c in needed) and batch < spec.max_batches:
@@ -326,16 +328,16 @@ def augment(spec: AugmentSpec, overwrite: bool = False, show_progress: bool = Tr
     """Run the pipeline of ``spec`` into its ``output_dir`` (a rerun continues it); the manifest."""
     import shutil
 
-    augmentation = Augmentation(spec)
     output_dir = Path(spec.output_dir)
+    if overwrite and output_dir.exists() and not (output_dir / MANIFEST).is_file():  # not ours: never deleted
+        raise FairError(f"output_dir: {output_dir} holds no {MANIFEST}; --overwrite only replaces an augmentation")
+    augmentation = Augmentation(spec)  # the stages and the data checked before anything is deleted
     if overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
     total = sum(n for *_, n in augmentation.plan)
     from tqdm.auto import tqdm
 
     with tqdm(total=total, desc="augment", unit="img", **({} if show_progress else {"disable": True})) as bar:
-        done = len(augmentation._load_manifest(output_dir)["rows"]) if (output_dir / MANIFEST).exists() else 0
-        bar.update(min(done, total))
         return augmentation.run(output_dir, progress=bar.update)
 
 
